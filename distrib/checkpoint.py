@@ -1,0 +1,99 @@
+"""Checkpoints: written by global rank 0 only, atomically, and always loaded with weights_only=True.
+
+A checkpoint is a dict of plain types and tensors (see design.md), so `torch.load(path, weights_only=True)`
+loads it and a file that would run code when unpickled is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import random
+
+import numpy as np
+import torch
+
+from distrib.config import ConfigError
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: the message says which file and why."""
+
+
+def save_atomic(state: dict, path: str) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory: a reader sees old or new, never half."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        _remove_quietly(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e):
+            raise CheckpointError(f"disk full while saving {path}; the previous checkpoint is intact. "
+                                  "Free space on that filesystem or use another --run-dir") from None
+        raise CheckpointError(f"could not save {path}: {e}; the previous checkpoint is intact") from None
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def load(path: str) -> dict:
+    """torch.load with weights_only=True; a pickle that would execute code is refused, not run."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path} does not exist; check the path or use --resume never")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"refusing {path}: it is not a plain-weights checkpoint and loading it could run "
+                              f"code ({first[:160]}). Only load files you trust") from None
+    except (EOFError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
+
+
+def check_fits(ckpt: dict, path: str, arch: str, classes: list[str]) -> None:
+    """Refuse a checkpoint made for another model or another class list, before any state is loaded."""
+    if ckpt.get("arch") != arch:
+        raise CheckpointError(f"checkpoint {path} is for --arch {ckpt.get('arch')}, not {arch}; "
+                              f"use --arch {ckpt.get('arch')}, or --resume never to start afresh")
+    if ckpt.get("num_classes") != len(classes):
+        raise CheckpointError(f"checkpoint {path} has {ckpt.get('num_classes')} classes but the data has "
+                              f"{len(classes)}; use the dataset it was trained on, or --resume never")
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    np_state = np.random.get_state()
+    state["numpy"] = (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    """random.setstate wants tuples; a checkpoint round trip may hand back lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,211 @@
+"""The run config: one definition of every option, shared by the CLI, the launcher and every rank.
+
+Each field of `RunConfig` is one long option (`batch_size` is `--batch-size`) and one key of
+RUN_DIR/config.toml. Its metadata says which help panel it belongs to and what it means; the Typer
+commands in launch/ are generated from these fields, so an option is declared exactly once.
+
+Precedence: command line > --config file > defaults (`resolve`). This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+
+TOPOLOGY, SLURM, TRAINING, RUNTIME = "Topology", "SLURM cluster", "Training", "Run"
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message says what was given, what is expected, and how to fix it."""
+
+
+def opt(default, group: str, help: str, choices: tuple[str, ...] | None = None, flag: str | None = None):
+    meta = {"group": group, "help": help, "choices": choices, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    # --- topology: what runs where (read by the launcher; recorded for reproduction) ---
+    nodes: str = opt("1", TOPOLOGY, "Nodes: N, or MIN:MAX for an elastic run.")
+    gpus: int | None = opt(None, TOPOLOGY, "GPUs per node (default: all visible; 0 = CPU processes).")
+    procs: int = opt(1, TOPOLOGY, "Processes per node when running on CPU (--gpus 0).")
+    strategy: str = opt("ddp", TOPOLOGY, "ddp: one process per GPU; dp: one process, nn.DataParallel.",
+                        choices=("ddp", "dp"))
+    rdzv_endpoint: str | None = opt(None, TOPOLOGY, "HOST:PORT of the c10d rendezvous (multi-node without SLURM).")
+    max_restarts: int = opt(0, TOPOLOGY, "Times torchrun restarts a failed worker group (it resumes from last.pt).")
+    dist_timeout: int = opt(600, TOPOLOGY, "Seconds a collective may wait before the run fails naming the rank.")
+    # --- SLURM ---
+    slurm: bool = opt(False, SLURM, "Write RUN_DIR/job.sbatch and submit it with sbatch.")
+    launcher: str = opt("torchrun", SLURM, "torchrun: one torchrun per node; srun: one task per GPU.",
+                        choices=("torchrun", "srun"))
+    partition: str | None = opt(None, SLURM, "SLURM partition.")
+    account: str | None = opt(None, SLURM, "SLURM account.")
+    qos: str | None = opt(None, SLURM, "SLURM quality of service.")
+    time: str | None = opt(None, SLURM, "Time limit, e.g. 24:00:00 or 2-00:00:00.")
+    mem: str | None = opt(None, SLURM, "Memory per node, e.g. 64G or 0 (all).")
+    cpus_per_gpu: int | None = opt(None, SLURM, "CPU cores per GPU (per process on CPU runs).")
+    exclusive: bool = opt(False, SLURM, "Ask for whole nodes.")
+    gpu_directive: str = opt("gpus-per-node", SLURM, "How GPUs are requested.", choices=("gpus-per-node", "gres"))
+    sbatch_arg: list[str] = opt([], SLURM, "Extra #SBATCH argument, passed through (repeatable).")
+    setup: list[str] = opt([], SLURM, "Shell line run before training, e.g. 'module load cuda' (repeatable).")
+    max_requeues: int = opt(3, SLURM, "Requeues allowed after preemption or time limit.")
+    signal_seconds: int = opt(300, SLURM, "Seconds before the time limit that SLURM warns the job (USR1).")
+    # --- training ---
+    data: str | None = opt(None, TRAINING, "ImageFolder root holding train/ and val/.")
+    synthetic: bool = opt(False, TRAINING, "Random images instead of --data (smoke tests, benchmarks).")
+    arch: str = opt("resnet50", TRAINING, "Any torchvision classification model name.")
+    pretrained: bool = opt(False, TRAINING, "Start from torchvision's default weights.")
+    weights: str | None = opt(None, TRAINING, "Start from a local weights file.")
+    epochs: int = opt(90, TRAINING, "Epochs to train.")
+    batch_size: int = opt(32, TRAINING, "Images per process per step.")
+    lr: float = opt(0.1, TRAINING, "Learning rate for a global batch of 256 (scaled linearly).")
+    momentum: float = opt(0.9, TRAINING, "SGD momentum.")
+    weight_decay: float = opt(1e-4, TRAINING, "Weight decay.")
+    decay_norm_bias: bool = opt(True, TRAINING, "Apply weight decay to norm and bias parameters too.")
+    schedule: str = opt("step", TRAINING, "Learning-rate schedule.", choices=("step", "cosine"))
+    step_size: int = opt(30, TRAINING, "Epochs between x0.1 decays (--schedule step).")
+    warmup_epochs: float = opt(0.0, TRAINING, "Epochs of linear warmup.")
+    label_smoothing: float = opt(0.0, TRAINING, "Label smoothing.")
+    image_size: int = opt(224, TRAINING, "Training crop size (validation resizes to size/0.875, then crops).")
+    workers: int = opt(4, TRAINING, "Data-loading processes per training process.")
+    amp: str = opt("off", TRAINING, "Mixed precision.", choices=("bf16", "fp16", "off"))
+    channels_last: bool = opt(False, TRAINING, "Channels-last memory format.")
+    compile: bool = opt(False, TRAINING, "torch.compile the model.")
+    sync_bn: bool = opt(False, TRAINING, "Synchronise BatchNorm statistics across processes.")
+    seed: int | None = opt(None, TRAINING, "Seed for reproducible runs.")
+    steps_per_epoch: int | None = opt(None, TRAINING, "Cap on training steps per epoch (quick runs).")
+    log_interval: int = opt(20, TRAINING, "Steps between progress lines.")
+    # --- run ---
+    run_dir: str | None = opt(None, RUNTIME, "Run directory (default runs/<arch>-<time>).")
+    resume: str = opt("auto", RUNTIME, "auto: continue RUN_DIR/checkpoints/last.pt if any; never; or a PATH.")
+    device: str = opt("auto", RUNTIME, "Device of `distrain train`.", choices=("auto", "cpu", "cuda"))
+
+    # ---- derived values ----
+    def min_max_nodes(self) -> tuple[int, int]:
+        lo, _, hi = self.nodes.partition(":")
+        return int(lo), int(hi or lo)
+
+    def validate(self) -> "RunConfig":
+        """Checks that need nothing but the values themselves; raises ConfigError with the fix."""
+        m = re.fullmatch(r"(\d+)(?::(\d+))?", self.nodes)
+        if not m:
+            raise ConfigError(f"--nodes {self.nodes!r} is not N or MIN:MAX; use e.g. --nodes 2 or --nodes 1:4")
+        lo, hi = self.min_max_nodes()
+        if lo < 1 or hi < lo:
+            raise ConfigError(f"--nodes {self.nodes} needs 1 <= MIN <= MAX; use e.g. --nodes 1 or --nodes 2:4")
+        for name in ("procs", "epochs", "batch_size", "image_size", "log_interval", "dist_timeout"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} {getattr(self, name)} must be at least 1")
+        for name in ("max_restarts", "workers", "max_requeues", "signal_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} {getattr(self, name)} must be 0 or more")
+        if self.gpus is not None and self.gpus < 0:
+            raise ConfigError(f"--gpus {self.gpus} is negative; use --gpus 0 for CPU or a count of GPUs per node")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"--steps-per-epoch {self.steps_per_epoch} must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr {self.lr} must be positive")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
+        if self.strategy == "dp" and hi > 1:
+            raise ConfigError("--strategy dp runs one process on one node; use --strategy ddp with --nodes > 1")
+        if self.pretrained and self.weights:
+            raise ConfigError("--pretrained and --weights both given; keep one of them")
+        if not self.synthetic and not self.data:
+            raise ConfigError("no data: pass --data DIR (an ImageFolder root with train/ and val/) or --synthetic")
+        if self.resume not in ("auto", "never") and not os.path.isfile(self.resume):
+            raise ConfigError(f"--resume {self.resume}: no such checkpoint file; give a .pt path, 'auto' or 'never'")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"--{_flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        return self
+
+    def with_run_dir(self) -> "RunConfig":
+        """Fill in the default run dir once, so every rank and node agrees on it."""
+        if self.run_dir:
+            return self
+        return dataclasses.replace(self, run_dir=os.path.join("runs", f"{self.arch}-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+    def to_toml_dict(self) -> dict:
+        """Plain TOML-able values: None is left out (TOML has no null)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def option_fields() -> list[dataclasses.Field]:
+    return list(fields(RunConfig))
+
+
+def _coerce(name: str, value, hint) -> object:
+    """Check one value read from a TOML file against the field's type."""
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    if origin is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise ConfigError(f"config key {name!r}: expected a list of strings, got {value!r}")
+    want = args[0] if args else hint
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is str and name == "nodes" and isinstance(value, int):
+        return str(value)
+    if isinstance(value, want) and not (want is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config key {name!r}: expected {want.__name__}, got {type(value).__name__} {value!r}")
+
+
+def load_toml(path: str) -> dict:
+    """Read a config file into {field: value}; unknown keys and wrong types are errors naming the key."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+    raw = {k.replace("-", "_"): v for k, v in raw.items()}
+    hints = typing.get_type_hints(RunConfig)
+    out = {}
+    for key, value in raw.items():
+        if key not in hints:
+            close = [f for f in hints if f.startswith(key[:3])]
+            hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+            raise ConfigError(f"config key {key!r} in {path} is not an option{hint}; remove it or fix its name")
+        out[key] = _coerce(key, value, hints[key])
+    return out
+
+
+def resolve(cli: dict, config_file: str | None = None) -> RunConfig:
+    """The one precedence rule: command line > config file > defaults."""
+    merged = load_toml(config_file) if config_file else {}
+    merged.update(cli)
+    return RunConfig(**merged)
+
+
+def read_run_config(path: str) -> RunConfig:
+    """What a rank does: read RUN_DIR/config.toml as written by the launcher."""
+    return RunConfig(**load_toml(path))
+
+
+def write_run_config(cfg: RunConfig, path: str) -> None:
+    import tomli_w
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        tomli_w.dump(cfg.to_toml_dict(), fh)
+    os.replace(tmp, path)

@@ -1,0 +1,263 @@
+"""Datasets, samplers and loaders: what feeds one rank of the run.
+
+    loaders = build_loaders(cfg, env, pin_memory=device.type == "cuda")
+    for epoch in range(start_epoch, cfg.epochs):
+        loaders.train_sampler.set_epoch(epoch, start_batch=k)   # k > 0 only when resuming mid-epoch
+        for batch in loaders.train:                             # Batch(images uint8 NCHW, labels, skipped)
+            images, labels = to_device(batch, device, cfg.channels_last)
+
+Contracts that the rest of distrain relies on:
+- Training order is DistributedSampler's (shuffled by seed + epoch, disjoint shards, same count on every
+  rank), truncated to whole batches and capped at --steps-per-epoch, so len(loaders.train) is exact.
+- The augmentation of sample i depends only on (seed, epoch, rank, i), never on which worker ran it,
+  so a run is reproducible whatever --workers is. The epoch reaches persistent workers through the
+  sampler, which yields (index, epoch) pairs.
+- Validation is sharded without padding: the union over ranks is exactly the val set, each image once.
+- A file that cannot be decoded is dropped from its batch and named in Batch.skipped ("PATH: reason").
+Decoding and augmentation themselves live in distrib/images.py.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torchvision.datasets.folder import find_classes, make_dataset
+
+from distrib.config import ConfigError, RunConfig
+from distrib.env import DistEnv
+from distrib.images import IMG_EXTENSIONS, check_dataset, load_train, load_val, skip_reason
+
+__all__ = ["Batch", "Loaders", "TrainSampler", "ValSampler", "build_loaders", "to_device", "check_dataset"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SYNTHETIC_CLASSES = [f"class{i}" for i in range(10)]
+SYNTHETIC_TRAIN, SYNTHETIC_VAL = 2560, 512
+PREFETCH_FACTOR = 4  # batches in flight per worker: rides out slow files and filesystem hiccups
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # uint8, N x 3 x H x W (memory is N x H x W x 3: channels_last for free)
+    labels: torch.Tensor  # int64, N
+    skipped: list[str]    # "PATH: reason" for each unreadable file dropped from this batch
+
+
+class Skipped(NamedTuple):
+    """What a dataset returns instead of (image, label) for a file it could not decode."""
+    reason: str
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    train_sampler: "TrainSampler"
+    classes: list[str]
+    num_train: int
+    num_val: int
+
+
+def sample_rng(seed: int, epoch: int, rank: int, index: int) -> random.Random:
+    # A fresh generator per sample, keyed by a stable mix (no hash(): it is only stable for ints
+    # by accident), so worker count and worker start order cannot change the augmentation.
+    return random.Random(f"{seed}/{epoch}/{rank}/{index}")
+
+
+# ---------------------------------------------------------------- datasets
+
+class _Paths:
+    """Paths as one bytes blob plus offsets: a list of 1M str objects would be copied page by page
+    into every forked worker as their refcounts are touched (pytorch/pytorch#13246)."""
+
+    def __init__(self, paths: list[str]):
+        encoded = [os.fsencode(p) for p in paths]
+        self.blob = b"".join(encoded)
+        self.ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> str:
+        start = int(self.ends[i - 1]) if i > 0 else 0
+        return os.fsdecode(self.blob[start:int(self.ends[i])])
+
+
+class FolderDataset(Dataset):
+    """One split of an ImageFolder root; item = (H x W x 3 uint8 tensor, label) or Skipped."""
+
+    def __init__(self, split_dir: str, class_to_idx: dict[str, int], image_size: int, train: bool,
+                 seed: int = 0, rank: int = 0):
+        samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS)
+        self.paths = _Paths([p for p, _ in samples])
+        self.labels = np.array([c for _, c in samples], dtype=np.int64)
+        self.image_size, self.train, self.seed, self.rank = image_size, train, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        path = self.paths[index]
+        try:
+            if self.train:
+                image = load_train(path, self.image_size, sample_rng(self.seed, epoch, self.rank, index))
+            else:
+                image = load_val(path, self.image_size)
+        except Exception as e:  # PIL raises many types for broken files; one bad file must not end a run
+            return Skipped(f"{path}: {skip_reason(path, e)}")
+        return image, int(self.labels[index])
+
+
+class SyntheticDataset(Dataset):
+    """Random uint8 images made from (seed, split, index) alone: no disk, same item format."""
+
+    def __init__(self, length: int, image_size: int, split: int, seed: int = 0):
+        self.length, self.image_size, self.split, self.seed = length, image_size, split, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index = key[0] if isinstance(key, tuple) else key
+        rng = np.random.default_rng([self.seed, self.split, index])
+        image = rng.integers(0, 256, (self.image_size, self.image_size, 3), dtype=np.uint8)
+        return torch.from_numpy(image), index % len(SYNTHETIC_CLASSES)
+
+
+# ---------------------------------------------------------------- samplers
+
+class TrainSampler(Sampler):
+    """This rank's shard of DistributedSampler(shuffle=True, seed=seed, drop_last=True), as (index, epoch).
+
+    Only whole batches are yielded (at most max_batches of them), and set_epoch(e, start_batch=k)
+    skips the first k of them: the rest of epoch e exactly as an uninterrupted run would see it.
+    """
+
+    def __init__(self, dataset_len: int, rank: int, world_size: int, batch_size: int,
+                 seed: int = 0, max_batches: int | None = None):
+        self.dataset_len, self.rank, self.world_size = dataset_len, rank, world_size
+        self.batch_size, self.seed = batch_size, seed
+        self.per_rank = dataset_len // world_size  # DistributedSampler's count with drop_last=True
+        full = self.per_rank // batch_size
+        self.batches_per_epoch = full if max_batches is None else min(full, max_batches)
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch}, "
+                             "the batches in one epoch of this rank")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's full shard for `epoch`, before the whole-batch cut and the skip."""
+        g = torch.Generator()
+        g.manual_seed(self.seed + epoch)
+        indices = torch.randperm(self.dataset_len, generator=g).tolist()
+        return indices[: self.per_rank * self.world_size][self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        start, stop = self.start_batch * self.batch_size, self.batches_per_epoch * self.batch_size
+        epoch = self.epoch
+        return iter([(i, epoch) for i in self.order(epoch)[start:stop]])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+class ValSampler(Sampler):
+    """Rank r of W gets the contiguous slice [r*n//W, (r+1)*n//W): no padding, no duplicates, in order."""
+
+    def __init__(self, dataset_len: int, rank: int, world_size: int):
+        self.start = rank * dataset_len // world_size
+        self.stop = (rank + 1) * dataset_len // world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+# ---------------------------------------------------------------- batches
+
+class Collate:
+    """Stack the good samples into a Batch; name the skipped ones. An all-bad batch is an empty Batch."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def __call__(self, samples: list) -> Batch:
+        good = [s for s in samples if not isinstance(s, Skipped)]
+        skipped = [s.reason for s in samples if isinstance(s, Skipped)]
+        if good:
+            # default_collate stacks straight into shared memory inside a worker (no extra copy on
+            # the way to the main process); NHWC -> NCHW is a free view.
+            images = default_collate([image for image, _ in good]).permute(0, 3, 1, 2)
+        else:
+            images = torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
+        labels = torch.tensor([label for _, label in good], dtype=torch.int64)
+        return Batch(images, labels, skipped)
+
+
+_NORM: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _norm_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a fresh host->device copy every step would stall the stream.
+    if device not in _NORM:
+        mean = torch.tensor([m * 255 for m in IMAGENET_MEAN], device=device).view(1, 3, 1, 1)
+        inv_std = torch.tensor([1 / (s * 255) for s in IMAGENET_STD], device=device).view(1, 3, 1, 1)
+        _NORM[device] = (mean, inv_std)
+    return _NORM[device]
+
+
+def to_device(batch: Batch, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy uint8 images (asynchronously from pinned memory), then float + ImageNet normalisation there."""
+    images = batch.images.to(device, non_blocking=True)
+    labels = batch.labels.to(device, non_blocking=True)
+    mean, inv_std = _norm_constants(device)
+    images = images.float().sub_(mean).mul_(inv_std)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return images.contiguous(memory_format=fmt), labels
+
+
+# ---------------------------------------------------------------- loaders
+
+def _datasets(cfg: RunConfig, seed: int, rank: int) -> tuple[Dataset, Dataset, list[str]]:
+    if cfg.synthetic:
+        return (SyntheticDataset(SYNTHETIC_TRAIN, cfg.image_size, split=0, seed=seed),
+                SyntheticDataset(SYNTHETIC_VAL, cfg.image_size, split=1, seed=seed),
+                list(SYNTHETIC_CLASSES))
+    classes = check_dataset(cfg.data)
+    _, class_to_idx = find_classes(os.path.join(cfg.data, "train"))
+    train = FolderDataset(os.path.join(cfg.data, "train"), class_to_idx, cfg.image_size, True, seed, rank)
+    val = FolderDataset(os.path.join(cfg.data, "val"), class_to_idx, cfg.image_size, False, seed, rank)
+    return train, val, classes
+
+
+def _loader(dataset: Dataset, sampler: Sampler, cfg: RunConfig, pin_memory: bool, drop_last: bool) -> DataLoader:
+    workers = cfg.workers
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
+                      collate_fn=Collate(cfg.image_size), num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None)
+
+
+def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool) -> Loaders:
+    """This rank's train and val loaders; ConfigError if the data cannot fill one batch per rank."""
+    seed = cfg.seed or 0
+    train, val, classes = _datasets(cfg, seed, env.rank)
+    train_sampler = TrainSampler(len(train), env.rank, env.world_size, cfg.batch_size, seed, cfg.steps_per_epoch)
+    if train_sampler.batches_per_epoch == 0:
+        raise ConfigError(
+            f"{len(train)} training images cannot fill one batch of {cfg.batch_size} on each of "
+            f"{env.world_size} processes; lower --batch-size or use fewer processes")
+    return Loaders(
+        train=_loader(train, train_sampler, cfg, pin_memory, drop_last=True),
+        val=_loader(val, ValSampler(len(val), env.rank, env.world_size), cfg, pin_memory, drop_last=False),
+        train_sampler=train_sampler, classes=classes, num_train=len(train), num_val=len(val))

@@ -1,0 +1,67 @@
+"""The process group, set up and torn down in one place, plus the few reductions training needs."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+from distrib.env import DistEnv
+
+
+def pick_device(env: DistEnv, want: str) -> torch.device:
+    """cuda:LOCAL_RANK when CUDA is wanted and present, else the CPU."""
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible to this process")
+    torch.cuda.set_device(env.local_rank)
+    return torch.device("cuda", env.local_rank)
+
+
+@contextlib.contextmanager
+def process_group(env: DistEnv, device: torch.device, timeout_s: int):
+    """init_process_group on entry (nccl on CUDA, gloo on CPU), destroy on exit, whatever happened."""
+    if not env.is_distributed or env.world_size == 1 and env.launcher == "none":
+        yield
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {}
+    if env.launcher == "srun":  # srun sets no MASTER_*; the sbatch script exports them
+        kwargs = dict(init_method="env://", rank=env.rank, world_size=env.world_size)
+        os.environ.setdefault("MASTER_PORT", "29500")
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
+                            device_id=device if device.type == "cuda" else None, **kwargs)
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over every rank (identity on one process). Exact for counts held as float64."""
+    if is_dist():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on any rank (used for stop requests at step boundaries)."""
+    if not is_dist():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -1,0 +1,99 @@
+"""Everything a run writes for people: metrics.jsonl, TensorBoard and progress, from global rank 0 only.
+
+Other ranks get a `NullWriter`, so the training loop never asks "am I rank 0?" before writing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("distrain")
+
+EPOCH_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
+    "train_loss": "train/loss", "lr": "train/lr", "images_per_sec": "train/images_per_sec",
+    "epoch_seconds": "train/epoch_seconds", "val_acc1": "val/acc1", "val_acc5": "val/acc5",
+    "val_loss": "val/loss", "skipped_images": "data/skipped_images",
+}
+
+
+class NullWriter:
+    def start(self, config: dict, summary: str) -> None: ...
+    def epoch_started(self) -> None: ...
+    def progress(self, epoch: int, batch: int, batches: int, loss: float, images_per_sec: float) -> None: ...
+    def epoch(self, row: dict) -> None: ...
+    def close(self, final: dict | None = None) -> None: ...
+
+
+class RunWriter(NullWriter):
+    def __init__(self, run_dir: str, tty: bool):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+        self.tty = tty
+        self.hparams: dict = {}
+        self._t0 = time.monotonic()
+
+    def start(self, config: dict, summary: str) -> None:
+        self.hparams = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
+        toml_lines = "\n".join(f"    {k} = {v!r}" for k, v in sorted(config.items()))
+        self.tb.add_text("config", toml_lines)
+        log.info(summary)
+
+    def progress(self, epoch: int, batch: int, batches: int, loss: float, images_per_sec: float) -> None:
+        elapsed = time.monotonic() - self._t0
+        eta = elapsed / max(batch, 1) * (batches - batch)
+        if self.tty:
+            done = int(24 * batch / max(batches, 1))
+            bar = "#" * done + "." * (24 - done)
+            sys.stdout.write(f"\repoch {epoch} [{bar}] {batch}/{batches} loss {loss:.4f} "
+                             f"{images_per_sec:,.0f} img/s eta {eta:4.0f}s ")
+            sys.stdout.flush()
+        else:
+            log.info("epoch %d step %d/%d loss %.4f %.1f img/s eta %.0fs", epoch, batch, batches, loss,
+                     images_per_sec, eta)
+
+    def epoch_started(self) -> None:
+        self._t0 = time.monotonic()
+
+    def epoch(self, row: dict) -> None:
+        if self.tty:
+            sys.stdout.write("\n")
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        for key, tag in EPOCH_SCALARS.items():
+            self.tb.add_scalar(tag, row[key], row["epoch"])
+        self.tb.flush()
+        log.info("epoch %d: train loss %.4f  val loss %.4f  acc1 %.2f%%  acc5 %.2f%%  (%d val images, "
+                 "%.0f img/s, %.1fs)", row["epoch"], row["train_loss"], row["val_loss"], row["val_acc1"],
+                 row["val_acc5"], row["val_samples"], row["images_per_sec"], row["epoch_seconds"])
+
+    def close(self, final: dict | None = None) -> None:
+        if final:
+            metrics = {f"hparam/{k}": v for k, v in final.items()}
+            self.tb.add_hparams(self.hparams, metrics, run_name="hparams")
+        self.tb.close()
+
+
+def writer_for(rank: int, run_dir: str) -> NullWriter:
+    return RunWriter(run_dir, tty=sys.stdout.isatty()) if rank == 0 else NullWriter()
+
+
+def setup_logging(rank: int, run_dir: str) -> None:
+    """Rank 0 talks on stdout; every rank keeps its own file under RUN_DIR/logs/."""
+    logger = logging.getLogger("distrain")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    logger.propagate = False
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    console.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
+    logger.addHandler(console)
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    to_file = logging.FileHandler(os.path.join(run_dir, "logs", f"rank{rank}.log"))
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(to_file)

@@ -1,0 +1,1 @@
+"""The `distrain` command and the local launcher. Never imports torch at import time."""

@@ -1,0 +1,178 @@
+"""The `distrain` command. Thin shells over pure builders: only this layer runs subprocesses and prints.
+
+Never imports torch at import time: `distrain --help` and `distrain launch --dry-run` stay instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from distrib.config import RUNTIME, SLURM, TOPOLOGY, TRAINING, ConfigError, RunConfig, resolve, write_run_config
+from launch import archs, topology
+from launch.options import run_options
+
+app = typer.Typer(
+    name="distrain",
+    help="Train torchvision image classifiers on one GPU, many nodes, or a SLURM cluster.",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+CONFIG_OPTION = typer.Option(None, "--config", help="TOML file of options (keys are the long option names); "
+                             "the command line wins over the file.", rich_help_panel=RUNTIME)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """One red line on stderr saying what is wrong and how to fix it."""
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+def build_config(cli: dict, config_file: Optional[Path]) -> RunConfig:
+    cfg = resolve(cli, str(config_file) if config_file else None).with_run_dir()
+    archs.check_arch(cfg.arch)
+    return cfg
+
+
+@app.command(epilog="[bold]Examples[/]\n\n"
+             "  distrain launch --gpus 0 --procs 2 --synthetic --arch resnet18 --image-size 32 --epochs 1\n\n"
+             "  distrain launch --gpus 8 --data /data/imagenet --amp bf16 --channels-last\n\n"
+             "  distrain launch --nodes 2 --gpus 8 --rdzv-endpoint node01:29400 --data /data/imagenet --dry-run\n\n"
+             "  distrain launch --slurm --nodes 2 --gpus 8 --partition gpu --time 24:00:00 --data /data/imagenet")
+@run_options(TOPOLOGY, SLURM, TRAINING, RUNTIME, skip=("device",))
+def launch(cli: dict, config: Optional[Path] = CONFIG_OPTION,
+           dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run; start nothing.",
+                                        rich_help_panel=TOPOLOGY)):
+    """Start a run: torchrun on this node, a c10d rendezvous across nodes, DataParallel, or sbatch."""
+    from launch import start
+
+    try:
+        cfg = build_config(cli, config)
+        code = start.launch(cfg, dry_run=dry_run, out=out, warn=warn)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+@run_options(TRAINING, RUNTIME)
+def train(cli: dict, config: Optional[Path] = CONFIG_OPTION):
+    """Run one process of a run here (what every rank runs); single-process training on its own."""
+    from launch import start
+
+    try:
+        cfg = build_config(cli, config)
+        code = start.train_in_place(cfg, out=out, warn=warn)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    raise typer.Exit(code)
+
+
+@app.command(name="eval")
+@run_options(TRAINING, skip=tuple(f for f in RunConfig.__dataclass_fields__
+                                  if f not in ("data", "image_size", "batch_size", "workers")))
+def evaluate(cli: dict,
+             checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint to evaluate (last.pt, best.pt)."),
+             gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs (default: all visible; 0 = CPU).",
+                                                rich_help_panel=TOPOLOGY),
+             procs: int = typer.Option(1, "--procs", help="CPU processes (with --gpus 0).", rich_help_panel=TOPOLOGY),
+             json_out: bool = typer.Option(False, "--json", help="Print one JSON object: acc1, acc5, loss, samples.")):
+    """Accuracy of a checkpoint on DATA/val, on one or many processes (identical for any count)."""
+    from launch import start
+
+    try:
+        code = start.evaluate(checkpoint, cli, gpus, procs, json_out, out=out, warn=warn)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def tensorboard(runs_dir: Path = typer.Argument(Path("runs"), help="Folder holding the runs."),
+                port: int = typer.Option(6006, "--port", help="Port to serve on."),
+                host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the "
+                                         "network.")):
+    """Serve the real TensorBoard over all runs (bound to 127.0.0.1 unless asked otherwise)."""
+    from launch import tensorboard as tb
+
+    try:
+        raise typer.Exit(tb.serve(runs_dir, port, host, out=out, warn=warn))
+    except ConfigError as e:
+        raise fail(str(e)) from None
+
+
+@app.command()
+@run_options(TOPOLOGY, SLURM, TRAINING, RUNTIME, skip=("device",))
+def check(cli: dict, config: Optional[Path] = CONFIG_OPTION):
+    """Pre-flight checks with nothing trained: data, GPUs, backend, rendezvous, run dir, disk."""
+    from launch import preflight
+
+    try:
+        cfg = build_config(cli, config)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    raise typer.Exit(preflight.report(cfg, out=out))
+
+
+@app.command()
+def bench(data: Optional[Path] = typer.Option(None, "--data", help="ImageFolder root (real files)."),
+          synthetic: bool = typer.Option(False, "--synthetic", help="Measure the model step alone."),
+          loader_only: bool = typer.Option(False, "--loader-only", help="Measure the input pipeline alone."),
+          arch: str = typer.Option("resnet50", "--arch"), image_size: int = typer.Option(224, "--image-size"),
+          batch_size: int = typer.Option(32, "--batch-size"), workers: int = typer.Option(2, "--workers"),
+          device: str = typer.Option("auto", "--device"), steps: int = typer.Option(20, "--steps"),
+          json_out: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    """Measured throughput: the model step, the input pipeline, or both and which one limits training."""
+    try:
+        if not synthetic and data is None:
+            raise ConfigError("bench needs --data DIR (real files) or --synthetic (model step only)")
+        if loader_only and data is None:
+            raise ConfigError("--loader-only measures real files: pass --data DIR")
+        if data is not None and not data.is_dir():
+            raise ConfigError(f"--data {data} is not a directory")
+        archs.check_arch(arch)
+        from distrib import bench as b
+
+        result = b.run(data=str(data) if data else None, synthetic=synthetic, loader_only=loader_only, arch=arch,
+                       image_size=image_size, batch_size=batch_size, workers=workers, device=device, steps=steps)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    if json_out:
+        import json
+
+        out.print(json.dumps(result), soft_wrap=True)
+    else:
+        out.print(b.describe(result), soft_wrap=True)
+
+
+@app.command()
+def status(run_dir: Path = typer.Argument(..., help="Run directory.")):
+    """Job state, last finished epoch, best accuracy and the log's tail of a run."""
+    from launch import run_status
+
+    try:
+        run_status.show(run_dir, out=out)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+
+
+def main() -> None:  # python -m launch
+    app(prog_name="distrain")
+
+
+if __name__ == "__main__":
+    main()

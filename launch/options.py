@@ -1,0 +1,71 @@
+"""Typer options generated from RunConfig's fields, so every option is declared once (distrib/config.py).
+
+`run_options(groups)` decorates a command: the command receives `cli`, the options the user actually typed
+(click's ParameterSource), which `distrib.config.resolve` merges over --config and the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+
+import typer
+
+from distrib.config import RunConfig, option_fields
+
+EXAMPLES_PANEL = "Examples"
+
+
+def _typer_option(f: dataclasses.Field) -> tuple[object, object]:
+    """(annotation, typer.Option) for one RunConfig field."""
+    hints = typing.get_type_hints(RunConfig)
+    hint = hints[f.name]
+    meta = f.metadata
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    decls = [f"{flag}/--no-{flag[2:]}"] if hint is bool else [flag]
+    kwargs = dict(help=meta["help"], rich_help_panel=meta["group"])
+    if meta.get("choices"):
+        hint = typing.Literal[meta["choices"]]
+    if typing.get_origin(hint) is list:
+        default = None  # typer wants None for "not given" on repeatable options
+    return hint, typer.Option(default, *decls, **kwargs)
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Did the user type this option? (typer vendors click, so compare the source enum by name)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def run_options(*groups: str, skip: tuple[str, ...] = ()):
+    """Add the RunConfig options of `groups` to a Typer command as keyword parameters."""
+    chosen = [f for f in option_fields() if f.metadata["group"] in groups and f.name not in skip]
+    names = {f.name for f in chosen}
+
+    def decorate(command):
+        own_hints = typing.get_type_hints(command)  # resolved in the command's own module
+        own = inspect.signature(command)
+        own_params = [p.replace(annotation=own_hints.get(p.name, p.annotation))
+                      for p in own.parameters.values() if p.name != "cli"]
+        params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+        params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own_params]
+        annotations = {"ctx": typer.Context, **{p.name: p.annotation for p in own_params}}
+        for f in chosen:
+            hint, option = _typer_option(f)
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hint))
+            annotations[f.name] = hint
+
+        @functools.wraps(command)
+        def wrapper(ctx: typer.Context, **kwargs):
+            cli = {k: v for k, v in kwargs.items() if k in names and _typed(ctx, k)}
+            return command(cli=cli, **{k: v for k, v in kwargs.items() if k not in names})
+
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = annotations
+        del wrapper.__wrapped__  # typer must see the generated signature, not the original one
+        return wrapper
+
+    return decorate

@@ -1,0 +1,160 @@
+"""Pre-flight checks: what would make a run fail, found before anything starts.
+
+`cheap_checks` runs before every launch (milliseconds, no torch); `report` is `distrain check`: every check,
+the expensive ones too (a header scan of every image, the backends), as a table with the fix for each fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+
+from distrib.config import ConfigError, RunConfig
+from distrib.layout import check_dataset, scan_images
+from launch import topology
+
+MIN_FREE_BYTES = 2 * 1024**3  # room for last.pt + best.pt of a large model, with headroom
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warning: bool = False  # a failed warning does not stop a launch
+
+    @property
+    def message(self) -> str:
+        return f"{self.detail}; {self.fix}" if self.fix else self.detail
+
+
+def check_data(cfg: RunConfig) -> Check:
+    if cfg.synthetic:
+        return Check("data", True, "synthetic images")
+    try:
+        classes = check_dataset(cfg.data)
+    except ConfigError as e:
+        return Check("data", False, str(e))
+    return Check("data", True, f"{cfg.data}: {len(classes)} classes in train/ and val/")
+
+
+def check_run_dir(cfg: RunConfig) -> Check:
+    folder = cfg.run_dir
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test"):
+            pass
+    except OSError as e:
+        return Check("run dir", False, f"run dir {folder} is not writable ({e.strerror})",
+                     "pass --run-dir on a writable filesystem")
+    return Check("run dir", True, f"{folder} is writable")
+
+
+def check_disk(cfg: RunConfig) -> Check:
+    folder = cfg.run_dir
+    while folder and not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    free = shutil.disk_usage(folder or ".").free
+    ok = free >= MIN_FREE_BYTES
+    return Check("disk", ok, f"{free / 1024**3:.1f} GiB free for checkpoints under {folder or '.'}",
+                 "" if ok else "free space or use --run-dir elsewhere (checkpoints need ~2 GiB)", warning=True)
+
+
+def check_rendezvous(cfg: RunConfig, plan: topology.Plan) -> Check | None:
+    if plan.mode != "c10d":
+        return None
+    host, _, port = plan.rdzv_endpoint.rpartition(":")
+    try:
+        addrs = {a[4][0] for a in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)}
+    except socket.gaierror:
+        return Check("rendezvous", False, f"--rdzv-endpoint host {host!r} does not resolve here",
+                     "use the first node's IP address or a name every node resolves")
+    if not _is_local(addrs):
+        return Check("rendezvous", True, f"{host} resolves to {', '.join(sorted(addrs))} (another node hosts it)")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("", int(port)))
+    except OSError:
+        return Check("rendezvous", False, f"port {port} on this head node is in use",
+                     "pick another --rdzv-endpoint port", warning=True)
+    return Check("rendezvous", True, f"this node hosts the rendezvous; port {port} is free")
+
+
+def _is_local(addrs: set[str]) -> bool:
+    local = {"127.0.0.1", "::1"}
+    try:
+        local |= {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)}
+    except socket.gaierror:
+        pass
+    return bool(addrs & local) or any(a.startswith("127.") for a in addrs)
+
+
+def cheap_checks(cfg: RunConfig, plan: topology.Plan | None, here: bool = True) -> list[Check]:
+    """Failed checks only. `here=False` (dry run, another machine): skip what writes to this machine."""
+    checks = [check_data(cfg)]
+    if here:
+        checks += [check_run_dir(cfg), check_disk(cfg)]
+    if plan is not None:
+        checks.append(check_rendezvous(cfg, plan))
+    return [c for c in checks if c is not None and not c.ok]
+
+
+def full_checks(cfg: RunConfig) -> list[Check]:
+    checks = [check_data(cfg)]
+    if checks[0].ok and not cfg.synthetic:
+        checks.append(check_images(cfg.data))
+    gpus_here = topology.visible_gpus()
+    try:
+        plan = topology.make_plan(cfg, gpus_here)
+        checks.append(Check("gpus", True, f"{plan.procs_per_node} {plan.device} process(es) per node; "
+                            f"{gpus_here} GPU(s) visible here"))
+    except ConfigError as e:
+        plan = None
+        checks.append(Check("gpus", False, str(e)))
+    checks.append(check_backend(plan))
+    if plan is not None:
+        checks.append(check_rendezvous(cfg, plan))
+    checks += [check_run_dir(cfg), check_disk(cfg)]
+    return [c for c in checks if c is not None]
+
+
+def check_images(root: str) -> Check:
+    total, bad = scan_images(root)
+    if not bad:
+        return Check("images", True, f"{total} image headers read, none unreadable")
+    shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+    return Check("images", False, f"{len(bad)} of {total} files unreadable ({shown})",
+                 "training skips and counts them; remove or replace them for a clean run", warning=True)
+
+
+def check_backend(plan: topology.Plan | None) -> Check:
+    import torch.distributed as dist  # the only check that needs torch
+
+    want = "nccl" if plan is not None and plan.device == "cuda" else "gloo"
+    ok = dist.is_available() and (dist.is_nccl_available() if want == "nccl" else dist.is_gloo_available())
+    return Check("backend", ok, f"{want} {'available' if ok else 'not available in this torch build'}",
+                 "" if ok else "install a torch build with it, or use --gpus 0 (gloo)")
+
+
+def report(cfg: RunConfig, out) -> int:
+    from rich.table import Table
+
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        out.print(f"[red]options:[/] {e}")
+        return 2
+    table = Table(title="distrain check", show_lines=False)
+    for col in ("check", "result", "detail", "fix"):
+        table.add_column(col, overflow="fold")
+    checks = full_checks(cfg)
+    for c in checks:
+        mark = "[green]pass[/]" if c.ok else ("[yellow]warn[/]" if c.warning else "[red]FAIL[/]")
+        table.add_row(c.name, mark, c.detail, c.fix)
+    out.print(table)
+    return 1 if any(not c.ok and not c.warning for c in checks) else 0

@@ -1,0 +1,134 @@
+"""From a resolved config to running processes: cheap checks, config.toml, then torchrun, srun or sbatch."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+from distrib.config import ConfigError, RunConfig, write_run_config
+from launch import preflight, topology
+from launch.run_local import run, write_launch_record
+
+
+def launch(cfg: RunConfig, dry_run: bool, out, warn) -> int:
+    cfg.validate()
+    plan = topology.make_plan(cfg, topology.visible_gpus(), topology.in_slurm_allocation(), dry_run=dry_run)
+    # A dry run is often prepared for another machine: what it cannot see from here is only a warning.
+    problems = preflight.cheap_checks(cfg, plan, here=not dry_run)
+    fatal = [p for p in problems if not p.warning]
+    if fatal and not dry_run:
+        raise ConfigError(fatal[0].message)
+    for p in problems:
+        warn(p.message)
+    config_path = os.path.abspath(os.path.join(cfg.run_dir, "config.toml"))
+    if cfg.slurm:
+        from launch import slurm_launch
+
+        return slurm_launch.submit(cfg, plan, config_path, dry_run, out, warn)
+    argv = _node_argv(plan, cfg, config_path)
+    if dry_run:
+        out.print(describe(plan, cfg, argv), soft_wrap=True)
+        return 0
+    write_run_config(cfg, config_path)
+    write_launch_record(cfg.run_dir, {"mode": plan.mode, "world_size": plan.world_size, "command": argv,
+                                      "nnodes": plan.nnodes, "procs_per_node": plan.procs_per_node})
+    out.print(_headline(plan, cfg), soft_wrap=True)
+    code, signalled = run(argv, env=_rank_environment(plan))
+    if signalled:
+        out.print(f"[yellow]stopped by {signalled}[/]: last.pt is in {cfg.run_dir}/checkpoints; "
+                  "run the same command to resume.", soft_wrap=True)
+        return 130 if signalled == "SIGINT" else 143
+    if code != 0:
+        out.print(f"[red]run failed[/] (torchrun exit {code}); per-rank logs are in {cfg.run_dir}/logs",
+                  soft_wrap=True)
+        return 1
+    return 0
+
+
+def _node_argv(plan: topology.Plan, cfg: RunConfig, config_path: str) -> list[str]:
+    if plan.mode == "salloc":
+        env = os.environ
+        head = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True,
+                              text=True, check=True).stdout.split()[0]
+        return topology.salloc_argv(plan, cfg, sys.executable, config_path, head, env["SLURM_JOB_ID"])
+    return topology.torchrun_argv(plan, cfg, sys.executable, config_path)
+
+
+def _rank_environment(plan: topology.Plan) -> dict:
+    env = dict(os.environ)
+    if plan.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # --gpus 0 means CPU even on a GPU machine
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(plan.procs_per_node, 1))))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _headline(plan: topology.Plan, cfg: RunConfig) -> str:
+    return (f"[bold]distrain[/] {plan.mode}: {plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
+            f"process(es) = world {plan.world_size}, global batch {plan.global_batch}, lr {plan.lr:g}, "
+            f"run dir {cfg.run_dir}")
+
+
+def describe(plan: topology.Plan, cfg: RunConfig, argv: list[str]) -> str:
+    """The dry run: for every node, the copy-pasteable command, then the numbers that matter."""
+    lines = [f"# world size {plan.world_size} ({plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
+             f"process(es)), global batch {plan.global_batch} ({cfg.batch_size} per process), "
+             f"lr {plan.lr:g} (= {cfg.lr:g} x {plan.global_batch}/256)",
+             f"# run dir {cfg.run_dir}  (config.toml is written there at launch)"]
+    if plan.mode == "c10d":
+        lines.append(f"# rendezvous c10d at {plan.rdzv_endpoint}, id {plan.rdzv_id}: run the same command on every "
+                     f"node; the one whose address is {plan.rdzv_endpoint.rpartition(':')[0]} hosts it")
+        for node in range(plan.max_nodes):
+            lines += [f"# node {node}:", shlex.join(argv)]
+    else:
+        lines.append(shlex.join(argv))
+    return "\n".join(lines)
+
+
+def train_in_place(cfg: RunConfig, out, warn) -> int:
+    """`distrain train`: this process is one rank (or the whole run, outside torchrun)."""
+    cfg.validate()
+    for p in preflight.cheap_checks(cfg, None, here=True):
+        if not p.warning:
+            raise ConfigError(p.message)
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    from distrib import train  # torch is imported here, only when a rank really runs
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_run_config(cfg, os.path.join(cfg.run_dir, "config.toml"))
+    try:
+        result = train.main(cfg)
+    except train.checkpoint.CheckpointError as e:
+        raise ConfigError(str(e)) from None
+    return 130 if result == "stopped" else 0
+
+
+def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) -> int:
+    if not os.path.isfile(checkpoint):
+        raise ConfigError(f"--checkpoint {checkpoint}: no such file")
+    if not cli.get("data"):
+        raise ConfigError("eval needs --data DIR (the ImageFolder root whose val/ to score)")
+    run_dir = tempfile.mkdtemp(prefix="distrain-eval-")
+    cfg = dataclasses.replace(RunConfig(**cli), run_dir=run_dir, gpus=gpus, procs=procs, resume="never",
+                              device="cpu" if gpus == 0 else "auto").validate()
+    for p in preflight.cheap_checks(cfg, None, here=True):
+        if not p.warning:
+            raise ConfigError(p.message)
+    plan = topology.make_plan(cfg, topology.visible_gpus())
+    config_path = os.path.join(run_dir, "config.toml")
+    write_run_config(cfg, config_path)
+    if plan.world_size == 1:
+        from distrib import evaluate as ev
+
+        ev.main(str(checkpoint), cfg, as_json)
+        return 0
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+            "--nproc-per-node", str(plan.procs_per_node), "-m", "distrib", "eval", str(checkpoint), config_path]
+    if as_json:
+        argv.append("--json")
+    code, _ = run(argv, env=_rank_environment(plan))
+    return 0 if code == 0 else 1

@@ -1,0 +1,125 @@
+"""What runs where: from --nodes/--gpus/--procs/--strategy to a plan and the exact torchrun command line.
+
+Everything here is a pure function of its inputs (the config and what the machine shows), so dry runs
+and tests see exactly what a real launch runs. No torch import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from distrib.config import ConfigError, RunConfig
+
+DEFAULT_RDZV_PORT = 29400
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str              # standalone | c10d | salloc | slurm | dp
+    min_nodes: int
+    max_nodes: int
+    procs_per_node: int
+    device: str            # cuda | cpu
+    global_batch: int      # at the largest world size
+    lr: float              # scaled to that global batch
+    rdzv_endpoint: str | None
+    rdzv_id: str | None
+
+    @property
+    def world_size(self) -> int:
+        return self.max_nodes * self.procs_per_node
+
+    @property
+    def nnodes(self) -> str:
+        return str(self.max_nodes) if self.min_nodes == self.max_nodes else f"{self.min_nodes}:{self.max_nodes}"
+
+
+def visible_gpus(environ=None) -> int:
+    """GPUs this process could use, without importing torch: CUDA_VISIBLE_DEVICES, else nvidia-smi -L."""
+    env = os.environ if environ is None else environ
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        return len([d for d in cvd.split(",") if d.strip() and d.strip() != "-1"])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def in_slurm_allocation(environ=None) -> bool:
+    """An salloc shell (or a batch script) holds SLURM_JOB_ID but is not itself a job step."""
+    env = os.environ if environ is None else environ
+    return "SLURM_JOB_ID" in env and "SLURM_STEP_ID" not in env
+
+
+def make_plan(cfg: RunConfig, gpus_here: int, in_allocation: bool = False, dry_run: bool = False) -> Plan:
+    """Resolve the topology. On a dry run, what this machine cannot show is the caller's warning to print."""
+    lo, hi = cfg.min_max_nodes()
+    gpus = gpus_here if cfg.gpus is None else cfg.gpus
+    if cfg.gpus and cfg.gpus > gpus_here and not (dry_run or cfg.slurm or hi > 1):
+        raise ConfigError(f"--gpus {cfg.gpus} asked for, but {gpus_here} visible here; "
+                          f"use --gpus {gpus_here} (or --gpus 0 for CPU processes)")
+    device = "cuda" if gpus > 0 else "cpu"
+    if cfg.strategy == "dp":
+        procs, mode = 1, "dp"
+    else:
+        procs = gpus if gpus > 0 else cfg.procs
+        mode = "standalone"
+        if cfg.slurm:
+            mode = "slurm"
+        elif in_allocation and not cfg.rdzv_endpoint:
+            mode = "salloc"
+        elif hi > 1 or cfg.rdzv_endpoint:
+            mode = "c10d"
+            if not cfg.rdzv_endpoint:
+                raise ConfigError(f"--nodes {cfg.nodes} outside SLURM needs --rdzv-endpoint HOST:PORT (the first "
+                                  "node's address); run the same command on every node, or use --slurm")
+            _check_endpoint(cfg.rdzv_endpoint)
+    global_batch = cfg.batch_size * procs * hi
+    endpoint = cfg.rdzv_endpoint
+    if endpoint and ":" not in endpoint:
+        endpoint = f"{endpoint}:{DEFAULT_RDZV_PORT}"
+    return Plan(mode=mode, min_nodes=lo, max_nodes=hi, procs_per_node=procs, device=device,
+                global_batch=global_batch, lr=cfg.lr * global_batch / 256, rdzv_endpoint=endpoint,
+                rdzv_id=rdzv_id(cfg) if mode == "c10d" else None)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    host, _, port = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", str(DEFAULT_RDZV_PORT))
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--rdzv-endpoint {endpoint!r} is not HOST:PORT; use e.g. --rdzv-endpoint node01:29400")
+
+
+def rdzv_id(cfg: RunConfig) -> str:
+    """Derived from what every node's identical command line says, so all nodes agree without talking."""
+    key = "|".join(str(x) for x in (cfg.run_dir, cfg.rdzv_endpoint, cfg.arch, cfg.data, cfg.nodes))
+    return "distrain-" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def torchrun_argv(plan: Plan, cfg: RunConfig, python: str, config_path: str) -> list[str]:
+    """The torchrun (torch.distributed.run) command line of one node."""
+    argv = [python, "-m", "torch.distributed.run"]
+    if plan.mode in ("standalone", "dp"):
+        argv += ["--standalone", "--nnodes", "1"]
+    else:
+        argv += ["--nnodes", plan.nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint", plan.rdzv_endpoint,
+                 "--rdzv-id", plan.rdzv_id]
+    argv += ["--nproc-per-node", str(plan.procs_per_node), "--max-restarts", str(cfg.max_restarts),
+             "--log-dir", os.path.join(cfg.run_dir, "logs", "torchrun"), "--tee", "3",
+             "--local-ranks-filter", "0"]
+    return argv + ["-m", "distrib", "train", config_path]
+
+
+def salloc_argv(plan: Plan, cfg: RunConfig, python: str, config_path: str, head: str, job_id: str) -> list[str]:
+    """Inside an salloc shell: one torchrun per allocated node, started by srun, rendezvous on the first node."""
+    node_plan = Plan(**{**plan.__dict__, "mode": "c10d", "rdzv_endpoint": f"{head}:{20000 + int(job_id) % 20000}",
+                        "rdzv_id": job_id})
+    srun = ["srun", f"--nodes={plan.max_nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    return srun + torchrun_argv(node_plan, cfg, python, config_path)

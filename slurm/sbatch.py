@@ -1,0 +1,240 @@
+"""The sbatch script of a run: a pure function of the run config and the job's resolved topology.
+
+    text = render_sbatch(cfg, SbatchJob(run_dir=..., nodes=2, gpus_per_node=8, procs_per_node=8, ...))
+
+Two layouts (reference/launcher_anchors.md B.1, B.2):
+  torchrun  one task per node; srun starts one torchrun agent per node, c10d rendezvous on the first node
+  srun      one task per process; srun starts the ranks itself (they read SLURM_PROCID, SLURM_LOCALID)
+
+Both end the same way: `--signal=B:USR1@N` (and SIGTERM) reach only the batch shell, whose trap touches
+RUN_DIR/STOP; every rank polls that file, stops at a step boundary, rank 0 writes last.pt, and the shell
+requeues the job (capped by SLURM_RESTART_COUNT < --max-requeues) so the next start resumes.
+
+User text reaches the script in exactly three ways: #SBATCH values, quoted for sbatch's own parser
+(`_sbatch_word`); shell variables, quoted with shlex.quote and handed to per-node code as "$@"; and the
+--setup lines, which are shell by design. Nothing here touches the file system or runs anything.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, fields
+
+from distrib.config import ConfigError, RunConfig
+
+
+@dataclass(frozen=True)
+class SbatchJob:
+    run_dir: str                 # absolute, on the shared filesystem
+    job_name: str
+    nodes: int                   # SLURM nodes
+    gpus_per_node: int           # 0 on CPU runs
+    procs_per_node: int          # processes per node (= gpus_per_node, or cfg.procs on CPU)
+    python: str                  # sys.executable of the submitter
+    activate: str | None         # a shell line, e.g. "source /x/venv/bin/activate"; None if none
+    rank_argv: tuple[str, ...]   # what each rank runs after the interpreter: ("-m", "distrib", "train", CFG)
+    max_restarts: int            # torchrun restarts of a failed worker group
+
+
+# --time forms sbatch accepts: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+_TIME = re.compile(r"(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+                   r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)")
+_MEM = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
+_NAME = re.compile(r"[\w.,:+@-]+", re.ASCII)
+# Options distrain writes itself: passing them again would contradict the run's topology or requeue logic.
+_OWNED = {
+    "--nodes": "--nodes", "--ntasks": "--nodes/--gpus/--procs", "--ntasks-per-node": "--gpus/--procs",
+    "--gpus": "--gpus", "--gpus-per-node": "--gpus", "--gres": "--gpus and --gpu-directive",
+    "--cpus-per-task": "--cpus-per-gpu", "--mem": "--mem", "--time": "--time", "--partition": "--partition",
+    "--account": "--account", "--qos": "--qos", "--exclusive": "--exclusive", "--output": "--run-dir",
+    "--error": "--run-dir", "--open-mode": "--run-dir", "--signal": "--signal-seconds",
+    "--requeue": "--max-requeues", "--no-requeue": "--max-requeues 0",
+}
+
+
+def time_limit_seconds(value: str) -> int | None:
+    """Seconds in a SLURM --time value; None for INFINITE/UNLIMITED; ConfigError when malformed."""
+    if value.upper() in ("INFINITE", "UNLIMITED"):
+        return None
+    m = _TIME.fullmatch(value)
+    if not m:
+        raise ConfigError(f"--time {value!r} is not a SLURM time; use MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+                          "D-HH:MM:SS, e.g. --time 24:00:00 or --time 2-00:00:00")
+    g = {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    if "d" in g:
+        return ((g["d"] * 24 + g["dh"]) * 60 + g.get("dm", 0)) * 60 + g.get("ds", 0)
+    if "c" in g:  # HH:MM:SS
+        return (g["a"] * 60 + g["b"]) * 60 + g["c"]
+    return g["a"] * 60 + g.get("b", 0)  # MM or MM:SS
+
+
+def validate_slurm_options(cfg: RunConfig) -> None:
+    """Everything about the SLURM options that can be checked without a cluster; raises ConfigError."""
+    for f in fields(cfg):
+        values = getattr(cfg, f.name)
+        for v in values if isinstance(values, list) else [values]:
+            if isinstance(v, str) and ("\n" in v or "\r" in v or "\0" in v):
+                raise ConfigError(f"--{_flag(f.name)} {v!r} contains a line break; give it on one line")
+    if cfg.run_dir and "\\" in cfg.run_dir:
+        raise ConfigError(f"--run-dir {cfg.run_dir!r} contains a backslash, which sbatch --output cannot "
+                          "express; choose a run directory without one")
+    limit = time_limit_seconds(cfg.time) if cfg.time else None
+    if cfg.mem is not None and not _MEM.fullmatch(cfg.mem):
+        raise ConfigError(f"--mem {cfg.mem!r} is not a SLURM memory size; use a number with an optional K, M, "
+                          "G or T suffix, e.g. --mem 64G, or --mem 0 for all of the node's memory")
+    for name in ("partition", "account", "qos"):
+        value = getattr(cfg, name)
+        if value is not None and not _NAME.fullmatch(value):
+            raise ConfigError(f"--{name} {value!r} is not a SLURM name; use letters, digits and _ . , : + @ - "
+                              f"only, e.g. --{name} gpu")
+    if cfg.cpus_per_gpu is not None and cfg.cpus_per_gpu < 1:
+        raise ConfigError(f"--cpus-per-gpu {cfg.cpus_per_gpu} must be at least 1; leave it out for SLURM's default")
+    if not 1 <= cfg.signal_seconds <= 65535:
+        raise ConfigError(f"--signal-seconds {cfg.signal_seconds} must be between 1 and 65535, e.g. 300")
+    if limit is not None and limit <= cfg.signal_seconds:
+        raise ConfigError(f"--time {cfg.time} is not longer than --signal-seconds {cfg.signal_seconds}: the job "
+                          "would be told to stop as soon as it starts; raise --time or lower --signal-seconds")
+    for arg in cfg.sbatch_arg:
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"--sbatch-arg {arg!r} must be one long option, e.g. --sbatch-arg "
+                              "--constraint=a100 (write short options in their long form)")
+        owned = _OWNED.get(arg.partition("=")[0])
+        if owned:
+            raise ConfigError(f"--sbatch-arg {arg!r} sets what distrain writes itself; use {owned} instead")
+
+
+def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
+    """The whole job script. Call validate_slurm_options(cfg) first; job values are checked here."""
+    if "\n" in job.run_dir or "\\" in job.run_dir:
+        raise ConfigError(f"run dir {job.run_dir!r} contains a line break or backslash; choose another --run-dir")
+    srun_launch = cfg.launcher == "srun"
+    procs = job.procs_per_node
+    lines = ["#!/bin/bash"] + [f"#SBATCH {opt}" for opt in _directives(cfg, job, srun_launch)]
+    lines += [
+        "",
+        "# Written by `distrain launch --slurm`: "
+        + ("srun starts every rank." if srun_launch else "one torchrun agent per node."),
+        "# B:USR1 before the time limit (or SIGTERM) makes the ranks checkpoint and stop; then the job requeues.",
+        "set -euo pipefail",
+        "",
+        f"RUN_DIR={shlex.quote(job.run_dir)}",
+        f"PYTHON={shlex.quote(job.python)}",
+        f"RANK_ARGV=({' '.join(shlex.quote(a) for a in job.rank_argv)})",
+        f"MAX_REQUEUES={int(cfg.max_requeues)}",
+        'export DISTRAIN_STOP_FILE="$RUN_DIR/STOP"',
+        'rm -f "$DISTRAIN_STOP_FILE"  # a stop request belongs to the attempt that received it',
+        "",
+    ]
+    setup = ([job.activate] if job.activate else []) + list(cfg.setup)
+    if setup:
+        # activation scripts and `module` often read unset variables
+        lines += ["set +u", *setup, "set -u", ""]
+    lines += [
+        "# srun stopped inheriting --cpus-per-task in Slurm 22.05",
+        'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi',
+        f"OMP_NUM_THREADS=$(( ${{SLURM_CPUS_ON_NODE:-1}} / {procs} ))",
+        "export OMP_NUM_THREADS=$(( OMP_NUM_THREADS > 0 ? OMP_NUM_THREADS : 1 ))",
+        "export PYTHONUNBUFFERED=1",
+        "",
+        "# rendezvous on the first node, on a port derived from the job id (stable across requeues)",
+        "# (sed, not head: head may close the pipe early, and pipefail would end the script)",
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
+        "MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))",
+        "",
+        "# B:USR1 and SIGTERM reach only this shell. A trap does not run while a foreground command runs,",
+        "# but it does interrupt `wait`: hence srun in the background and a loop until it has really ended.",
+        "trap 'touch \"$DISTRAIN_STOP_FILE\" || true' USR1 TERM",
+    ]
+    lines += _srun_ranks(procs) if srun_launch else _srun_torchrun(procs, job.max_restarts)
+    lines += _wait_and_requeue()
+    return "\n".join(lines) + "\n"
+
+
+def _directives(cfg: RunConfig, job: SbatchJob, srun_launch: bool) -> list[str]:
+    procs = job.procs_per_node
+    out = [f"--job-name={_sbatch_word(job.job_name)}", f"--nodes={job.nodes}",
+           f"--ntasks-per-node={procs if srun_launch else 1}"]
+    if job.gpus_per_node:
+        out.append(f"--gpus-per-node={job.gpus_per_node}" if cfg.gpu_directive == "gpus-per-node"
+                   else f"--gres=gpu:{job.gpus_per_node}")
+    if cfg.cpus_per_gpu:
+        out.append(f"--cpus-per-task={cfg.cpus_per_gpu * (1 if srun_launch else procs)}")
+    for name in ("mem", "time", "partition", "account", "qos"):
+        if getattr(cfg, name) is not None:
+            out.append(f"--{name}={_sbatch_word(getattr(cfg, name))}")
+    if cfg.exclusive:
+        out.append("--exclusive")
+    # % starts a filename pattern in --output; %% is a literal %
+    log = job.run_dir.replace("%", "%%").rstrip("/") + "/logs/slurm-%j.out"
+    out += [f"--output={_sbatch_word(log)}", "--open-mode=append", "--requeue",
+            f"--signal=B:USR1@{int(cfg.signal_seconds)}"]
+    return out + [_sbatch_word(a) for a in cfg.sbatch_arg]
+
+
+def _srun_torchrun(procs: int, max_restarts: int) -> list[str]:
+    return [
+        "",
+        "# One torchrun agent per node. The payload is single-quoted so that SLURM_NODEID expands on each node;",
+        '# values arrive as "$@", never spliced into code: $1 python, $2 endpoint, $3 log dir, then the rank argv.',
+        "srun --kill-on-bad-exit=1 --wait=60 --label bash -c '",
+        '  exec "$1" -m torch.distributed.run \\',
+        f'    --nnodes "$SLURM_NNODES" --nproc-per-node {procs} --max-restarts {int(max_restarts)} \\',
+        '    --rdzv-backend c10d --rdzv-endpoint "$2" --rdzv-id "$SLURM_JOB_ID" \\',
+        '    --rdzv-conf "is_host=$(( SLURM_NODEID == 0 ))" \\',
+        '    --log-dir "$3/node$SLURM_NODEID" --tee 3 \\',
+        "    \"${@:4}\"' \\",
+        '  distrain "$PYTHON" "$MASTER_ADDR:$MASTER_PORT" "$RUN_DIR/logs/torchrun" "${RANK_ARGV[@]}" &',
+    ]
+
+
+def _srun_ranks(procs: int) -> list[str]:
+    return [
+        "",
+        "export MASTER_ADDR MASTER_PORT",
+        f"# One task per process ({procs} per node); each rank reads SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS.",
+        'srun --kill-on-bad-exit=1 --wait=60 --label "$PYTHON" -u "${RANK_ARGV[@]}" &',
+    ]
+
+
+def _wait_and_requeue() -> list[str]:
+    return [
+        "SRUN_PID=$!",
+        'while kill -0 "$SRUN_PID" 2>/dev/null; do wait "$SRUN_PID" || true; done',
+        'rc=0; wait "$SRUN_PID" || rc=$?',
+        "",
+        'if [ -e "$DISTRAIN_STOP_FILE" ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then',
+        '  rm -f "$DISTRAIN_STOP_FILE"',
+        '  echo "distrain: stopped (exit $rc) before the time limit or on preemption;" \\',
+        '    "requeueing $SLURM_JOB_ID (restart $(( ${SLURM_RESTART_COUNT:-0} + 1 )) of $MAX_REQUEUES)" >&2',
+        '  if scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi',
+        '  echo "distrain: scontrol requeue $SLURM_JOB_ID failed; resubmit RUN_DIR/job.sbatch to resume" >&2',
+        "fi",
+        'exit "$rc"',
+    ]
+
+
+def _sbatch_word(value: str) -> str:
+    """One argument as sbatch's #SBATCH parser reads it: quotes group, backslash escapes, # starts a comment.
+
+    (sbatch/opt.c `_get_argument`; single quotes do not protect a backslash there, so shlex.quote won't do.)
+    """
+    if re.fullmatch(r"[\w.,:+@/%=-]+", value, re.ASCII):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def activate_line(environ: dict[str, str]) -> str | None:
+    """The shell line that re-activates the submitter's virtualenv on the nodes, if any.
+
+    sbatch exports the submitter's environment, but `source activate` also restores PATH for `module`
+    setups and tools the ranks spawn; conda envs are reached through the absolute python alone.
+    """
+    venv = environ.get("VIRTUAL_ENV")
+    if venv:
+        return f"source {shlex.quote(venv.rstrip('/') + '/bin/activate')}"
+    return None

@@ -1,0 +1,144 @@
+"""A real run: torchrun with 2 gloo processes on CPU, checked through what it leaves in the run dir."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, assert_ok, distrain, metrics
+from imagefolder import corrupt_file, make_imagefolder
+
+VAL_IMAGES = 29  # prime: no world size > 1 divides it
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(imagefolder, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "two-ranks"
+    proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "2",
+                    "--run-dir", run_dir, *TINY)
+    assert_ok(proc)
+    assert "world 2" in proc.stdout
+    return run_dir
+
+
+def test_metrics_rows_cover_the_whole_val_set(two_rank_run):
+    rows = metrics(two_rank_run)
+    assert [r["epoch"] for r in rows] == [0, 1]  # one row per epoch: only rank 0 writes
+    for row in rows:
+        assert row["world_size"] == 2
+        assert row["val_samples"] == VAL_IMAGES  # no padding, no duplicates, nothing missing
+        assert row["images_per_sec"] > 0 and row["epoch_seconds"] > 0
+        assert row["skipped_images"] == 0
+        assert set(row) >= {"train_loss", "val_loss", "val_acc1", "val_acc5", "lr"}
+    assert rows[-1]["train_loss"] < 50, rows  # finite and sane (learning is shown on digits: README)
+
+
+def test_lr_is_scaled_to_the_global_batch(two_rank_run):
+    assert metrics(two_rank_run)[0]["lr"] == pytest.approx(0.2 * 32 / 256)
+
+
+def test_tensorboard_scalars_read_back(two_rank_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted((two_rank_run / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1, events  # one writer: global rank 0
+    acc = EventAccumulator(str(two_rank_run / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/images_per_sec", "val/acc1", "val/acc5", "val/loss"} <= tags
+    acc1 = [e.value for e in acc.Scalars("val/acc1")]
+    assert acc1 == pytest.approx([r["val_acc1"] for r in metrics(two_rank_run)])
+    assert "config" in "".join(acc.Tags()["tensors"])
+
+
+def test_only_rank_zero_writes(two_rank_run):
+    written = {p.relative_to(two_rank_run).as_posix() for p in two_rank_run.rglob("*") if p.is_file()}
+    logs = {p for p in written if p.startswith("logs/")}
+    assert {"logs/rank0.log", "logs/rank1.log"} <= logs  # per-rank logs are the exception, by design
+    rest = written - logs
+    assert {"config.toml", "launch.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"} <= rest
+    assert all(p.startswith("tb/") for p in rest - {"config.toml", "launch.json", "metrics.jsonl",
+                                                    "checkpoints/last.pt", "checkpoints/best.pt"}), rest
+
+
+def test_checkpoint_loads_weights_only_without_module_prefix(two_rank_run):
+    ckpt = torch.load(two_rank_run / "checkpoints" / "last.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    assert ckpt["epoch"] == 2 and ckpt["batch"] == 0 and ckpt["arch"] == "resnet18"
+    assert ckpt["num_classes"] == 4 and ckpt["classes"] == [f"class{i}" for i in range(4)]
+    for key in ("optimizer", "scheduler", "scaler", "step", "best_acc1", "config", "rng"):
+        assert key in ckpt
+    best = torch.load(two_rank_run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["best_acc1"] == max(r["val_acc1"] for r in metrics(two_rank_run))
+
+
+def test_resume_trains_no_epoch_twice_and_matches(two_rank_run, imagefolder, tmp_path):
+    """Stop after epoch 0 (a 1-epoch run), then continue to 2 epochs: the same numbers as one 2-epoch run."""
+    run_dir = tmp_path / "resumed"
+    common = ["--gpus", "0", "--procs", "2", "--data", imagefolder, "--run-dir", run_dir, *TINY]
+    assert_ok(distrain("launch", "--epochs", "1", *common))
+    proc = distrain("launch", "--epochs", "2", *common)
+    assert_ok(proc)
+    assert "resuming at epoch 1" in proc.stdout
+    resumed, straight = metrics(run_dir), metrics(two_rank_run)
+    assert [r["epoch"] for r in resumed] == [0, 1]  # epoch 0 was not trained again
+    for a, b in zip(resumed, straight):
+        for key in ("train_loss", "val_loss", "val_acc1", "val_acc5", "val_samples", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a, b)
+
+
+@pytest.mark.parametrize("procs", [1, 3])
+def test_eval_accuracy_is_identical_for_any_world_size(two_rank_run, imagefolder, procs):
+    import json
+
+    proc = distrain("eval", "--checkpoint", two_rank_run / "checkpoints" / "last.pt", "--data", imagefolder,
+                    "--gpus", "0", "--procs", procs, "--json", "--image-size", "32", "--workers", "0")
+    assert_ok(proc)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) == {"acc1", "acc5", "loss", "samples"}
+    assert result["samples"] == VAL_IMAGES
+    last = metrics(two_rank_run)[-1]
+    assert result["acc1"] == last["val_acc1"] and result["acc5"] == last["val_acc5"]
+
+
+def test_data_parallel_path_runs_on_cpu(imagefolder, tmp_path):
+    run_dir = tmp_path / "dp"
+    proc = distrain("launch", "--strategy", "dp", "--gpus", "0", "--data", imagefolder, "--epochs", "1",
+                    "--steps-per-epoch", "2", "--run-dir", run_dir, *TINY)
+    assert_ok(proc)
+    assert "strategy dp" in proc.stdout
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    assert metrics(run_dir)[0]["val_samples"] == VAL_IMAGES
+
+
+def test_corrupt_jpeg_is_skipped_counted_and_logged(tmp_path):
+    data = make_imagefolder(tmp_path / "data")
+    bad = corrupt_file(data / "train" / "class1" / "0003.jpg", "truncated")
+    corrupt_file(data / "val" / "class2" / "0001.jpg", "text")
+    run_dir = tmp_path / "run"
+    proc = distrain("train", "--data", data, "--epochs", "1", "--run-dir", run_dir, "--device", "cpu", *TINY)
+    assert_ok(proc)
+    row = metrics(run_dir)[0]
+    assert row["skipped_images"] == 2
+    assert row["val_samples"] == VAL_IMAGES - 1
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    assert log.count(str(bad)) == 1
+
+
+def test_mismatched_checkpoint_is_refused(two_rank_run, imagefolder, tmp_path):
+    ckpt = two_rank_run / "checkpoints" / "last.pt"
+    proc = distrain("train", "--data", imagefolder, "--resume", ckpt, "--run-dir", tmp_path / "r",
+                    "--device", "cpu", *TINY, "--arch", "resnet34")
+    assert proc.returncode == 2, proc.all
+    assert "is for --arch resnet18, not resnet34" in proc.stderr
+    assert "Traceback" not in proc.all
+
+    other = make_imagefolder(tmp_path / "six", classes=6, train_per_class=4, val_per_class=2)
+    proc = distrain("train", "--data", other, "--resume", ckpt, "--run-dir", tmp_path / "r2",
+                    "--device", "cpu", *TINY)
+    assert proc.returncode == 2, proc.all
+    assert "has 4 classes but the data has 6" in proc.stderr
