@@ -64,25 +64,16 @@ def reference_loader(root: Path, batch: int, workers: int, size: int) -> DataLoa
                       persistent_workers=workers > 0)
 
 
-def time_passes(passes: int, run_pass) -> float:
-    """Images per second over `passes` timed passes, after one warm-up pass."""
-    run_pass(0)
-    start, images = time.perf_counter(), 0
-    for p in range(1, passes + 1):
-        images += run_pass(p)
-    return images / (time.perf_counter() - start)
-
-
-def bench_reference(root: Path, args) -> float:
+def reference_runner(root: Path, args):
     loader = reference_loader(root, args.batch_size, args.workers, args.image_size)
 
     def run_pass(_epoch: int) -> int:
         return sum(len(labels) for _, labels in loader)
 
-    return time_passes(args.passes, run_pass)
+    return run_pass
 
 
-def bench_ours(root: Path, args) -> float:
+def distrain_runner(root: Path, args):
     cfg = RunConfig(data=str(root), batch_size=args.batch_size, workers=args.workers, image_size=args.image_size)
     loaders = build_loaders(cfg, DistEnv(), pin_memory=False)
     cpu = torch.device("cpu")
@@ -97,7 +88,22 @@ def bench_ours(root: Path, args) -> float:
             n += len(labels)
         return n
 
-    return time_passes(args.passes, run_pass)
+    return run_pass
+
+
+def images_per_second(root: Path, args) -> dict[str, float]:
+    """Both loaders, one untimed warm-up pass each, then timed passes taken in turns, so that a
+    neighbour's load on a shared machine hits both alike."""
+    runners = {"reference": reference_runner(root, args), "distrain": distrain_runner(root, args)}
+    for run_pass in runners.values():
+        run_pass(0)
+    seconds, images = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0)
+    for epoch in range(1, args.passes + 1):
+        for name, run_pass in runners.items():
+            start = time.perf_counter()
+            images[name] += run_pass(epoch)
+            seconds[name] += time.perf_counter() - start
+    return {name: images[name] / seconds[name] for name in runners}
 
 
 def main() -> None:
@@ -117,7 +123,8 @@ def main() -> None:
     results = {}
     for name, size in SIZES.items():
         root = make_jpegs(base / name, size, args.count)
-        ref, ours = bench_reference(root, args), bench_ours(root, args)
+        rates = images_per_second(root, args)
+        ref, ours = rates["reference"], rates["distrain"]
         results[name] = {"reference_img_s": round(ref, 1), "distrain_img_s": round(ours, 1),
                          "ratio": round(ours / ref, 2), "target": TARGETS[name]}
     if tmp:

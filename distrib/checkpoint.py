@@ -10,6 +10,7 @@ import errno
 import os
 import pickle
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -57,13 +58,22 @@ def load(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint {path} does not exist; check the path or use --resume never")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the refusal says it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"refusing {path}: it is not a plain-weights checkpoint and loading it could run "
-                              f"code ({first[:160]}). Only load files you trust") from None
+        raise CheckpointError(f"refusing {path}: weights_only loading rejected it ({_unpickler_reason(e)}); it is "
+                              "not a plain checkpoint, and unpickling it fully could run code") from None
     except (EOFError, RuntimeError, OSError) as e:
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The one informative line of torch's long weights_only message, e.g. 'Unsupported global: os.system'."""
+    text = str(e)
+    _, _, detail = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (detail or text).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def check_fits(ckpt: dict, path: str, arch: str, classes: list[str]) -> None:

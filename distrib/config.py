@@ -10,6 +10,7 @@ Precedence: command line > --config file > defaults (`resolve`). This module nev
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import time
@@ -121,6 +122,8 @@ class RunConfig:
             raise ConfigError("--pretrained and --weights both given; keep one of them")
         if not self.synthetic and not self.data:
             raise ConfigError("no data: pass --data DIR (an ImageFolder root with train/ and val/) or --synthetic")
+        if self.weights and not os.path.isfile(self.weights):
+            raise ConfigError(f"--weights {self.weights}: no such file; give a local .pt/.pth state dict")
         if self.resume not in ("auto", "never") and not os.path.isfile(self.resume):
             raise ConfigError(f"--resume {self.resume}: no such checkpoint file; give a .pt path, 'auto' or 'never'")
         for f in fields(self):
@@ -130,10 +133,16 @@ class RunConfig:
         return self
 
     def with_run_dir(self) -> "RunConfig":
-        """Fill in the default run dir once, so every rank and node agrees on it."""
+        """Fill in the default run dir once. Several nodes started by hand each derive it from the command
+        line they share (a clock would differ between them); otherwise it is runs/<arch>-<time>."""
         if self.run_dir:
             return self
-        return dataclasses.replace(self, run_dir=os.path.join("runs", f"{self.arch}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        if self.rdzv_endpoint:
+            key = "|".join(str(x) for x in (self.rdzv_endpoint, self.nodes, self.data, self.arch))
+            name = f"{self.arch}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+        else:
+            name = f"{self.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return dataclasses.replace(self, run_dir=os.path.join("runs", name))
 
     def to_toml_dict(self) -> dict:
         """Plain TOML-able values: None is left out (TOML has no null)."""

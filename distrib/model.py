@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from distrib import checkpoint
 from distrib.env import DistEnv
 
 log = logging.getLogger("distrain")
@@ -20,8 +21,8 @@ def build_model(arch: str, num_classes: int, pretrained: bool, weights_path: str
     else:
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes if not weights_path else 1000)
         if weights_path:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            state = state.get("model", state) if isinstance(state, dict) else state
+            state = checkpoint.load(weights_path)  # weights_only=True: a file that would run code is refused
+            state = state.get("model", state)
             model = _fit_head_to(model, _head_size(state))
             model.load_state_dict(_strip_module_prefix(state))
     return _fit_head_to(model, num_classes)

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from distrib.config import RUNTIME, SLURM, TOPOLOGY, TRAINING, ConfigError, RunConfig, resolve, write_run_config
 from launch import archs, topology
-from launch.options import run_options
+from launch.options import command_line, run_options
 
 app = typer.Typer(
     name="distrain",
@@ -62,7 +62,7 @@ def launch(cli: dict, config: Optional[Path] = CONFIG_OPTION,
 
     try:
         cfg = build_config(cli, config)
-        code = start.launch(cfg, dry_run=dry_run, out=out, warn=warn)
+        code = start.launch(cfg, command_line("launch", cli, config), dry_run=dry_run, out=out, warn=warn)
     except ConfigError as e:
         raise fail(str(e)) from None
     raise typer.Exit(code)

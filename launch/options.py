@@ -69,3 +69,20 @@ def run_options(*groups: str, skip: tuple[str, ...] = ()):
         return wrapper
 
     return decorate
+
+
+def command_line(command: str, cli: dict, config_file=None) -> list[str]:
+    """The `distrain COMMAND ...` argv that gives these typed options again (for dry runs and launch.json)."""
+    argv = ["distrain", command]
+    if config_file:
+        argv += ["--config", str(config_file)]
+    for name, value in cli.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, list):
+            for item in value:
+                argv += [flag, str(item)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv

@@ -42,6 +42,31 @@ def check_data(cfg: RunConfig) -> Check:
     return Check("data", True, f"{cfg.data}: {len(classes)} classes in train/ and val/")
 
 
+def check_gpus(cfg: RunConfig, plan: topology.Plan, gpus_here: int) -> Check:
+    if cfg.gpus is None or cfg.gpus <= gpus_here or cfg.slurm:
+        return Check("gpus", True, f"{plan.procs_per_node} {plan.device} process(es) per node; "
+                     f"{gpus_here} GPU(s) visible here")
+    return Check("gpus", False, f"--gpus {cfg.gpus} asked for, but {gpus_here} visible here",
+                 f"use --gpus {gpus_here}" + (" (or --gpus 0 for CPU processes)" if gpus_here else
+                                              " for CPU processes, or run where the GPUs are"))
+
+
+def check_resume(cfg: RunConfig) -> Check | None:
+    """A checkpoint to resume from must fit the model and data; only then is torch imported here."""
+    path = os.path.join(cfg.run_dir, "checkpoints", "last.pt") if cfg.resume == "auto" else cfg.resume
+    if cfg.resume == "never" or not os.path.isfile(path):
+        return None
+    from distrib import checkpoint
+
+    try:
+        ckpt = checkpoint.load(path)
+        classes = ckpt.get("classes") if cfg.synthetic else check_dataset(cfg.data)
+        checkpoint.check_fits(ckpt, path, cfg.arch, classes)
+    except (checkpoint.CheckpointError, ConfigError) as e:
+        return Check("resume", False, str(e))
+    return Check("resume", True, f"resumes {path} at epoch {ckpt['epoch']}")
+
+
 def check_run_dir(cfg: RunConfig) -> Check:
     folder = cfg.run_dir
     try:
@@ -99,8 +124,10 @@ def cheap_checks(cfg: RunConfig, plan: topology.Plan | None, here: bool = True) 
     checks = [check_data(cfg)]
     if here:
         checks += [check_run_dir(cfg), check_disk(cfg)]
+        if checks[0].ok:
+            checks.append(check_resume(cfg))
     if plan is not None:
-        checks.append(check_rendezvous(cfg, plan))
+        checks += [check_gpus(cfg, plan, topology.visible_gpus()), check_rendezvous(cfg, plan)]
     return [c for c in checks if c is not None and not c.ok]
 
 
@@ -111,15 +138,16 @@ def full_checks(cfg: RunConfig) -> list[Check]:
     gpus_here = topology.visible_gpus()
     try:
         plan = topology.make_plan(cfg, gpus_here)
-        checks.append(Check("gpus", True, f"{plan.procs_per_node} {plan.device} process(es) per node; "
-                            f"{gpus_here} GPU(s) visible here"))
+        checks.append(check_gpus(cfg, plan, gpus_here))
     except ConfigError as e:
         plan = None
-        checks.append(Check("gpus", False, str(e)))
+        checks.append(Check("topology", False, str(e)))
     checks.append(check_backend(plan))
     if plan is not None:
         checks.append(check_rendezvous(cfg, plan))
     checks += [check_run_dir(cfg), check_disk(cfg)]
+    if checks[0].ok:
+        checks.append(check_resume(cfg))
     return [c for c in checks if c is not None]
 
 

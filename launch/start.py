@@ -14,9 +14,10 @@ from launch import preflight, topology
 from launch.run_local import run, write_launch_record
 
 
-def launch(cfg: RunConfig, dry_run: bool, out, warn) -> int:
+def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
+    """`typed` is the user's own `distrain launch ...` line: what every node runs, kept in launch.json."""
     cfg.validate()
-    plan = topology.make_plan(cfg, topology.visible_gpus(), topology.in_slurm_allocation(), dry_run=dry_run)
+    plan = topology.make_plan(cfg, topology.visible_gpus(), topology.in_slurm_allocation())
     # A dry run is often prepared for another machine: what it cannot see from here is only a warning.
     problems = preflight.cheap_checks(cfg, plan, here=not dry_run)
     fatal = [p for p in problems if not p.warning]
@@ -24,17 +25,17 @@ def launch(cfg: RunConfig, dry_run: bool, out, warn) -> int:
         raise ConfigError(fatal[0].message)
     for p in problems:
         warn(p.message)
-    config_path = os.path.abspath(os.path.join(cfg.run_dir, "config.toml"))
+    config_path = os.path.join(cfg.run_dir, "config.toml")
     if cfg.slurm:
         from launch import slurm_launch
 
         return slurm_launch.submit(cfg, plan, config_path, dry_run, out, warn)
     argv = _node_argv(plan, cfg, config_path)
     if dry_run:
-        out.print(describe(plan, cfg, argv), soft_wrap=True)
+        out.print(describe(plan, cfg, argv, typed), soft_wrap=True, markup=False)
         return 0
     write_run_config(cfg, config_path)
-    write_launch_record(cfg.run_dir, {"mode": plan.mode, "world_size": plan.world_size, "command": argv,
+    write_launch_record(cfg.run_dir, {"distrain": typed, "mode": plan.mode, "world_size": plan.world_size, "command": argv,
                                       "nnodes": plan.nnodes, "procs_per_node": plan.procs_per_node})
     out.print(_headline(plan, cfg), soft_wrap=True)
     code, signalled = run(argv, env=_rank_environment(plan))
@@ -73,17 +74,19 @@ def _headline(plan: topology.Plan, cfg: RunConfig) -> str:
             f"run dir {cfg.run_dir}")
 
 
-def describe(plan: topology.Plan, cfg: RunConfig, argv: list[str]) -> str:
-    """The dry run: for every node, the copy-pasteable command, then the numbers that matter."""
-    lines = [f"# world size {plan.world_size} ({plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
-             f"process(es)), global batch {plan.global_batch} ({cfg.batch_size} per process), "
+def describe(plan: topology.Plan, cfg: RunConfig, argv: list[str], launch_argv: list[str]) -> str:
+    """The dry run: the numbers that matter, then for every node the exact command it runs."""
+    lines = [f"# world size {plan.world_size}: {plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
+             f"process(es), strategy {cfg.strategy}",
+             f"# global batch {plan.global_batch} ({cfg.batch_size} per process), "
              f"lr {plan.lr:g} (= {cfg.lr:g} x {plan.global_batch}/256)",
-             f"# run dir {cfg.run_dir}  (config.toml is written there at launch)"]
+             f"# run dir {cfg.run_dir}",
+             f"# `{shlex.join(launch_argv)}` writes {os.path.join(cfg.run_dir, 'config.toml')}, then runs:"]
     if plan.mode == "c10d":
-        lines.append(f"# rendezvous c10d at {plan.rdzv_endpoint}, id {plan.rdzv_id}: run the same command on every "
-                     f"node; the one whose address is {plan.rdzv_endpoint.rpartition(':')[0]} hosts it")
+        lines.insert(3, f"# rendezvous c10d at {plan.rdzv_endpoint} (id {plan.rdzv_id}), hosted by the node "
+                        f"named {plan.rdzv_endpoint.rpartition(':')[0]}; every node runs the same command")
         for node in range(plan.max_nodes):
-            lines += [f"# node {node}:", shlex.join(argv)]
+            lines += [f"# node {node}", shlex.join(argv)]
     else:
         lines.append(shlex.join(argv))
     return "\n".join(lines)
@@ -100,10 +103,7 @@ def train_in_place(cfg: RunConfig, out, warn) -> int:
 
     if int(os.environ.get("RANK", "0")) == 0:
         write_run_config(cfg, os.path.join(cfg.run_dir, "config.toml"))
-    try:
-        result = train.main(cfg)
-    except train.checkpoint.CheckpointError as e:
-        raise ConfigError(str(e)) from None
+    result = train.main(cfg)
     return 130 if result == "stopped" else 0
 
 

@@ -59,13 +59,10 @@ def in_slurm_allocation(environ=None) -> bool:
     return "SLURM_JOB_ID" in env and "SLURM_STEP_ID" not in env
 
 
-def make_plan(cfg: RunConfig, gpus_here: int, in_allocation: bool = False, dry_run: bool = False) -> Plan:
-    """Resolve the topology. On a dry run, what this machine cannot show is the caller's warning to print."""
+def make_plan(cfg: RunConfig, gpus_here: int, in_allocation: bool = False) -> Plan:
+    """Resolve the topology from the options; whether this machine has the GPUs is preflight's question."""
     lo, hi = cfg.min_max_nodes()
     gpus = gpus_here if cfg.gpus is None else cfg.gpus
-    if cfg.gpus and cfg.gpus > gpus_here and not (dry_run or cfg.slurm or hi > 1):
-        raise ConfigError(f"--gpus {cfg.gpus} asked for, but {gpus_here} visible here; "
-                          f"use --gpus {gpus_here} (or --gpus 0 for CPU processes)")
     device = "cuda" if gpus > 0 else "cpu"
     if cfg.strategy == "dp":
         procs, mode = 1, "dp"
@@ -112,8 +109,10 @@ def torchrun_argv(plan: Plan, cfg: RunConfig, python: str, config_path: str) -> 
         argv += ["--nnodes", plan.nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint", plan.rdzv_endpoint,
                  "--rdzv-id", plan.rdzv_id]
     argv += ["--nproc-per-node", str(plan.procs_per_node), "--max-restarts", str(cfg.max_restarts),
-             "--log-dir", os.path.join(cfg.run_dir, "logs", "torchrun"), "--tee", "3",
-             "--local-ranks-filter", "0"]
+             # Per-rank stdout/stderr go to files; the console shows rank 0's stdout without prefixes, and a
+             # failing rank's traceback once, in torchrun's summary (from the @record error file).
+             "--log-dir", os.path.join(cfg.run_dir, "logs", "torchrun"), "--redirects", "2", "--tee", "1",
+             "--local-ranks-filter", "0", "--log-line-prefix-template", " "]
     return argv + ["-m", "distrib", "train", config_path]
 
 

@@ -6,9 +6,10 @@ Two layouts (reference/launcher_anchors.md B.1, B.2):
   torchrun  one task per node; srun starts one torchrun agent per node, c10d rendezvous on the first node
   srun      one task per process; srun starts the ranks itself (they read SLURM_PROCID, SLURM_LOCALID)
 
-Both end the same way: `--signal=B:USR1@N` (and SIGTERM) reach only the batch shell, whose trap touches
-RUN_DIR/STOP; every rank polls that file, stops at a step boundary, rank 0 writes last.pt, and the shell
-requeues the job (capped by SLURM_RESTART_COUNT < --max-requeues) so the next start resumes.
+Both end the same way: `--signal=B:USR1@N` reaches only the batch shell, whose trap touches RUN_DIR/STOP;
+every rank polls that file, stops at a step boundary, rank 0 writes last.pt, and the shell requeues the job
+(capped by SLURM_RESTART_COUNT < --max-requeues) so the next start resumes. SIGTERM (scancel) also touches
+STOP, so the ranks checkpoint, but never requeues: a cancelled job stays cancelled.
 
 User text reaches the script in exactly three ways: #SBATCH values, quoted for sbatch's own parser
 (`_sbatch_word`); shell variables, quoted with shlex.quote and handed to per-node code as "$@"; and the
@@ -142,9 +143,13 @@ def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
         "MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))",
         "",
-        "# B:USR1 and SIGTERM reach only this shell. A trap does not run while a foreground command runs,",
-        "# but it does interrupt `wait`: hence srun in the background and a loop until it has really ended.",
-        "trap 'touch \"$DISTRAIN_STOP_FILE\" || true' USR1 TERM",
+        "# B:USR1 (time limit near, or `scancel --signal=USR1 --batch`) asks for checkpoint, stop and requeue;",
+        "# SIGTERM (scancel) for checkpoint and stop only: requeueing it would undo the user's scancel.",
+        "# A trap does not run while a foreground command runs, but it does interrupt `wait`: hence srun",
+        "# in the background and a loop until it has really ended.",
+        "REQUEUE=0",
+        "trap 'REQUEUE=1; touch \"$DISTRAIN_STOP_FILE\" || true' USR1",
+        "trap 'touch \"$DISTRAIN_STOP_FILE\" || true' TERM",
     ]
     lines += _srun_ranks(procs) if srun_launch else _srun_torchrun(procs, job.max_restarts)
     lines += _wait_and_requeue()
@@ -203,12 +208,15 @@ def _wait_and_requeue() -> list[str]:
         'while kill -0 "$SRUN_PID" 2>/dev/null; do wait "$SRUN_PID" || true; done',
         'rc=0; wait "$SRUN_PID" || rc=$?',
         "",
-        'if [ -e "$DISTRAIN_STOP_FILE" ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then',
+        'if [ "$REQUEUE" = 1 ] && [ "${SLURM_RESTART_COUNT:-0}" -lt "$MAX_REQUEUES" ]; then',
         '  rm -f "$DISTRAIN_STOP_FILE"',
-        '  echo "distrain: stopped (exit $rc) before the time limit or on preemption;" \\',
-        '    "requeueing $SLURM_JOB_ID (restart $(( ${SLURM_RESTART_COUNT:-0} + 1 )) of $MAX_REQUEUES)" >&2',
+        '  echo "distrain: stopped (exit $rc) on USR1; requeueing $SLURM_JOB_ID" \\',
+        '    "(restart $(( ${SLURM_RESTART_COUNT:-0} + 1 )) of $MAX_REQUEUES)" >&2',
         '  if scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi',
-        '  echo "distrain: scontrol requeue $SLURM_JOB_ID failed; resubmit RUN_DIR/job.sbatch to resume" >&2',
+        '  echo "distrain: scontrol requeue $SLURM_JOB_ID failed; resubmit $RUN_DIR/job.sbatch to resume" >&2',
+        'elif [ "$REQUEUE" = 1 ]; then',
+        '  echo "distrain: not requeueing: $MAX_REQUEUES requeues done (--max-requeues);" \\',
+        '    "resubmit $RUN_DIR/job.sbatch to resume" >&2',
         "fi",
         'exit "$rc"',
     ]

@@ -19,7 +19,7 @@ import pytest
 from distrib.config import ConfigError, RunConfig
 from slurm.sbatch import SbatchJob, activate_line, render_sbatch, time_limit_seconds, validate_slurm_options
 from slurm.submit import SlurmError, job_state, submission_env, submit
-from slurm_cluster import cluster_available, job_restarts, wait_job
+from slurm_cluster import FINAL_STATES, cluster_available, job_restarts, wait_job
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_2x8.txt"
@@ -224,7 +224,10 @@ if [ -e "$DISTRAIN_STOP_FILE" ]; then touch "$STUB_LOG/stop_at_start.$id"; fi
 env -0 > "$STUB_LOG/python.$id.env"
 if [ -n "${STUB_WAIT_STOP:-}" ]; then  # like training: run until the stop file appears
   touch "$STUB_LOG/started"
-  for _ in $(seq 100); do [ -e "$DISTRAIN_STOP_FILE" ] && exit 0; sleep 0.05; done
+  for _ in $(seq 100); do
+    if [ -e "$DISTRAIN_STOP_FILE" ]; then sleep 0.2; touch "$STUB_LOG/finished.$id"; exit 0; fi  # checkpoint
+    sleep 0.05
+  done
   exit 9
 fi
 exit "${STUB_EXIT:-0}"
@@ -294,8 +297,10 @@ def test_srun_layout_runs_every_rank(stubs):
     assert (rank_env["MASTER_ADDR"], rank_env["MASTER_PORT"], rank_env["OMP_NUM_THREADS"]) == ("n1", "32345", "1")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
-@pytest.mark.parametrize("restart_count,requeued", [(None, True), ("2", True), ("3", False)])
+@pytest.mark.parametrize("sig,restart_count,requeued", [
+    (signal.SIGUSR1, None, True), (signal.SIGUSR1, "2", True), (signal.SIGUSR1, "3", False),  # the cap is 3
+    (signal.SIGTERM, None, False),  # scancel: stop and checkpoint, but stay cancelled
+])
 def test_signal_stops_then_requeues_up_to_the_cap(stubs, sig, restart_count, requeued):
     tmp_path, log, python, run_dir, env = stubs
     cfg, job = make(run_dir=str(run_dir), gpus=0, procs=1, python=str(python), max_requeues=3)
@@ -310,10 +315,13 @@ def test_signal_stops_then_requeues_up_to_the_cap(stubs, sig, restart_count, req
     out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out  # the stub ranks saw STOP and exited cleanly
     assert (log / "requeued").exists() == requeued, out
-    assert (run_dir / "STOP").exists() != requeued  # removed for the requeued attempt, kept when capped
+    assert (run_dir / "STOP").exists() != requeued  # removed for the requeued attempt
     assert not (log / "stop_at_start.0.0").exists()
+    assert (log / "finished.1.0").exists(), "the script ended before the ranks finished their checkpoint"
     if requeued:
         assert (log / "requeued").read_text() == "12345\n" and "requeueing 12345" in out
+    elif sig == signal.SIGUSR1:
+        assert "not requeueing: 3 requeues done" in out
 
 
 def test_rank_failure_is_the_exit_code_and_no_requeue(stubs):
@@ -421,3 +429,18 @@ def test_cluster_usr1_stops_requeues_and_restarts(tmp_path):
     ran = sorted(p.name for p in (tmp_path / "bin").glob("argv.*"))
     assert ran == [f"argv.{n}.{t}.{r}" for n in (0, 1) for t in (0, 1) for r in ("", "1")]
     assert "requeueing" in (run_dir / f"logs/slurm-{job_id}.out").read_text()
+
+
+@needs_cluster
+def test_cluster_scancel_stays_cancelled(tmp_path):
+    run_dir, job_id = _submit_on_cluster(tmp_path, "srun", setup=["export WAIT=1"])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "bin" / "started").exists():
+        assert time.monotonic() < deadline, f"job {job_id} never started: {job_state(job_id)}"
+        time.sleep(0.2)
+    subprocess.run(["scancel", job_id], check=True)
+    deadline = time.monotonic() + 60
+    while (state := job_state(job_id)) not in FINAL_STATES | {"PENDING"}:  # PENDING: it was requeued
+        assert time.monotonic() < deadline, f"job {job_id} still {state}"
+        time.sleep(0.2)
+    assert (state, job_restarts(job_id)) == ("CANCELLED", 0)
