@@ -75,7 +75,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest)
         net = torch.compile(net)
 
     writer = writer_for(env.rank, cfg.run_dir)
-    writer.start(cfg.to_toml_dict(), _summary(cfg, env, device, global_batch, lr, loaders, progress))
+    writer.start(cfg.to_toml_dict(), _summary(cfg, env, device, global_batch, lr, loaders, progress), progress.epoch)
     skipped_seen: set[str] = set()
 
     def note_skipped(paths: list[str]) -> None:

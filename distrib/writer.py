@@ -21,7 +21,7 @@ EPOCH_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
 
 
 class NullWriter:
-    def start(self, config: dict, summary: str) -> None: ...
+    def start(self, config: dict, summary: str, resume_epoch: int = 0) -> None: ...
     def epoch_started(self) -> None: ...
     def progress(self, epoch: int, batch: int, batches: int, loss: float, images_per_sec: float) -> None: ...
     def epoch(self, row: dict) -> None: ...
@@ -38,11 +38,24 @@ class RunWriter(NullWriter):
         self.hparams: dict = {}
         self._t0 = time.monotonic()
 
-    def start(self, config: dict, summary: str) -> None:
+    def start(self, config: dict, summary: str, resume_epoch: int = 0) -> None:
+        self._forget_rows_from(resume_epoch)
         self.hparams = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
         toml_lines = "\n".join(f"    {k} = {v!r}" for k, v in sorted(config.items()))
         self.tb.add_text("config", toml_lines)
         log.info(summary)
+
+    def _forget_rows_from(self, epoch: int) -> None:
+        """Rows past the checkpoint being resumed (a crash between row and checkpoint) are trained again."""
+        path = os.path.join(self.run_dir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as fh:
+            lines = [line for line in fh if line.strip()]
+        keep = [line for line in lines if json.loads(line)["epoch"] < epoch]
+        if len(keep) != len(lines):
+            with open(path, "w") as fh:
+                fh.writelines(keep)
 
     def progress(self, epoch: int, batch: int, batches: int, loss: float, images_per_sec: float) -> None:
         elapsed = time.monotonic() - self._t0

@@ -29,7 +29,7 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     if cfg.slurm:
         from launch import slurm_launch
 
-        return slurm_launch.submit(cfg, plan, config_path, dry_run, out, warn)
+        return slurm_launch.launch(cfg, plan, typed, dry_run, out)
     argv = _node_argv(plan, cfg, config_path)
     if dry_run:
         out.print(describe(plan, cfg, argv, typed), soft_wrap=True, markup=False)

@@ -6,7 +6,6 @@ import getpass
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,7 +35,6 @@ def serve(runs_dir: Path, port: int, host: str, out, warn) -> int:
     if on_login_node():
         out.print(f"from your laptop: ssh -N -L {port}:127.0.0.1:{port} {getpass.getuser()}@{socket.getfqdn()}"
                   f"  then open http://127.0.0.1:{port}/", soft_wrap=True)
-    try:
-        return subprocess.call(tensorboard_argv(runs_dir, port, host))
-    except KeyboardInterrupt:
-        return 0
+    sys.stdout.flush()
+    argv = tensorboard_argv(runs_dir, port, host)
+    os.execv(argv[0], argv)  # become TensorBoard: signals and Ctrl-C reach it directly

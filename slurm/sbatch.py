@@ -239,10 +239,13 @@ def _flag(name: str) -> str:
 def activate_line(environ: dict[str, str]) -> str | None:
     """The shell line that re-activates the submitter's virtualenv on the nodes, if any.
 
-    sbatch exports the submitter's environment, but `source activate` also restores PATH for `module`
-    setups and tools the ranks spawn; conda envs are reached through the absolute python alone.
+    sbatch exports the submitter's environment, but activating again also restores PATH (and conda's
+    activation scripts) on nodes whose login shells reset them; the ranks run the absolute python anyway.
     """
     venv = environ.get("VIRTUAL_ENV")
     if venv:
         return f"source {shlex.quote(venv.rstrip('/') + '/bin/activate')}"
+    conda = environ.get("CONDA_PREFIX")
+    if conda:
+        return f'eval "$(conda shell.bash hook)" && conda activate {shlex.quote(conda)}'
     return None

@@ -23,6 +23,17 @@ def imagefolder(tmp_path_factory) -> Path:
     return make_imagefolder(tmp_path_factory.mktemp("data") / "imagefolder")
 
 
+@pytest.fixture(scope="session")
+def two_rank_run(imagefolder, tmp_path_factory) -> Path:
+    """One real run shared by several tests: torchrun, 2 gloo processes, 2 epochs."""
+    run_dir = tmp_path_factory.mktemp("runs") / "two-ranks"
+    proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "2",
+                    "--run-dir", run_dir, *TINY)
+    assert_ok(proc)
+    assert "world 2" in proc.stdout
+    return run_dir
+
+
 def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed `distrain` command for real; output is captured and echoed on failure."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
@@ -30,6 +41,35 @@ def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None
                           capture_output=True, text=True, timeout=timeout)
     proc.all = proc.stdout + proc.stderr
     return proc
+
+
+def rank_pids(config) -> dict[int, int]:
+    """{RANK: pid} of the training processes of the run whose config.toml this is (not their data workers,
+    which are forks with the same command line and environment)."""
+    out = subprocess.run(["pgrep", "-f", f"distrib train {config}"], capture_output=True, text=True).stdout
+    pids = {pid for pid in map(int, out.split())  # leave out torchrun agents: their argv names it too
+            if b"torch.distributed.run" not in _read(f"/proc/{pid}/cmdline")}
+    ranks = {}
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if parent in pids:
+            continue  # a DataLoader worker of a rank
+        for item in env:
+            if item.startswith(b"RANK="):
+                ranks[int(item[5:])] = pid
+    return ranks
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""
 
 
 def metrics(run_dir: Path) -> list[dict]:

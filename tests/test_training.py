@@ -14,16 +14,6 @@ from imagefolder import corrupt_file, make_imagefolder
 VAL_IMAGES = 29  # prime: no world size > 1 divides it
 
 
-@pytest.fixture(scope="module")
-def two_rank_run(imagefolder, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "two-ranks"
-    proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "2",
-                    "--run-dir", run_dir, *TINY)
-    assert_ok(proc)
-    assert "world 2" in proc.stdout
-    return run_dir
-
-
 def test_metrics_rows_cover_the_whole_val_set(two_rank_run):
     rows = metrics(two_rank_run)
     assert [r["epoch"] for r in rows] == [0, 1]  # one row per epoch: only rank 0 writes

@@ -1,0 +1,59 @@
+"""`distrain tensorboard` starts the real TensorBoard, on loopback, serving the run's scalars over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from conftest import distrain
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_serves_the_runs_scalars_on_loopback(two_rank_run):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(two_rank_run.parent), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        run = f"{two_rank_run.name}/tb"  # TensorBoard names a run by its folder under the logdir
+        tags, deadline = {}, time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                tags = get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
+                if run in tags:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        run_tags = tags.get(run, {})
+        assert {"train/loss", "train/lr", "train/images_per_sec", "val/acc1", "val/acc5", "val/loss"} <= set(run_tags)
+        points = get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?tag=val/acc1&run={run}")
+        assert [step for _, step, _ in points] == [0, 1]
+        # bound to loopback only: ss shows the listening address
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        local_addresses = [line.split()[3] for line in listening.splitlines()]
+        assert local_addresses == [f"127.0.0.1:{port}"], listening
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}/" in out
+
+
+def test_tensorboard_refuses_a_missing_runs_dir(tmp_path):
+    proc = distrain("tensorboard", tmp_path / "nope")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
