@@ -10,12 +10,16 @@ import errno
 import os
 import pickle
 import random
+import shutil
 import warnings
 
 import numpy as np
 import torch
 
 from distrib.config import ConfigError
+
+
+LOW_SPACE_BYTES = 64 * 2**20
 
 
 class CheckpointError(RuntimeError):
@@ -35,9 +39,12 @@ def save_atomic(state: dict, path: str) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         _remove_quietly(tmp)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e):
-            raise CheckpointError(f"disk full while saving {path}; the previous checkpoint is intact. "
-                                  "Free space on that filesystem or use another --run-dir") from None
+        # torch.save's zip writer reports a full disk as "unexpected pos": ask the filesystem instead
+        free = shutil.disk_usage(folder).free
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC or free < LOW_SPACE_BYTES:
+            raise CheckpointError(f"disk full while saving {path} ({free / 2**20:.1f} MiB free); the previous "
+                                  "checkpoint is intact. Free space on that filesystem or use another --run-dir"
+                                  ) from None
         raise CheckpointError(f"could not save {path}: {e}; the previous checkpoint is intact") from None
     dir_fd = os.open(folder, os.O_RDONLY)
     try:

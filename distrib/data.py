@@ -31,7 +31,8 @@ from torchvision.datasets.folder import find_classes, make_dataset
 
 from distrib.config import ConfigError, RunConfig
 from distrib.env import DistEnv
-from distrib.images import IMG_EXTENSIONS, check_dataset, load_train, load_val, skip_reason
+from distrib.images import load_train, load_val, skip_reason
+from distrib.layout import IMG_EXTENSIONS, check_dataset
 
 __all__ = ["Batch", "Loaders", "TrainSampler", "ValSampler", "build_loaders", "to_device", "check_dataset"]
 

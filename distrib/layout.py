@@ -9,45 +9,54 @@ import os
 
 from distrib.config import ConfigError
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+# torchvision.datasets.folder.IMG_EXTENSIONS, repeated here so this module needs no torch.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def class_folders(split_dir: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _has_image(folder: str) -> bool:
-    for root, _, files in os.walk(folder, followlinks=True):
-        if any(f.lower().endswith(IMG_EXTENSIONS) for f in files):
+def find_class_dirs(split_dir: str) -> list[str]:
+    # Same rule as torchvision's find_classes: every sub-directory is a class, sorted by name.
+    return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+
+
+def _has_image(class_dir: str) -> bool:
+    # make_dataset walks class folders recursively, following links; stop at the first image.
+    for _, _, names in os.walk(class_dir, followlinks=True):
+        if any(is_image_file(n) for n in names):
             return True
     return False
 
 
-def check_dataset(root: str | None) -> list[str]:
-    """The class list, or ConfigError naming the first problem and its fix."""
-    fix = "pass --data pointing at an ImageFolder root holding train/<class>/*.jpg and val/<class>/*.jpg"
-    if not root:
-        raise ConfigError(f"no data given; {fix}, or use --synthetic")
+def check_dataset(root: str) -> list[str]:
+    """The class names of an ImageFolder root with train/ and val/; ConfigError saying how to fix it otherwise."""
+    fix_root = "pass --data pointing at an ImageFolder root with train/ and val/"
     if not os.path.isdir(root):
-        raise ConfigError(f"data dir {root} does not exist; {fix}")
-    splits = {}
+        what = "is not a directory" if os.path.exists(root) else "does not exist"
+        raise ConfigError(f"data dir {root} {what}; {fix_root}")
+    classes = {}
     for split in ("train", "val"):
-        folder = os.path.join(root, split)
-        if not os.path.isdir(folder):
-            raise ConfigError(f"{root} has no {split}/ folder; {fix}")
-        splits[split] = class_folders(folder)
-        if not splits[split]:
-            raise ConfigError(f"{folder} has no class folders; {fix}")
-        for name in splits[split]:
-            if not _has_image(os.path.join(folder, name)):
-                raise ConfigError(f"class folder {os.path.join(folder, name)} has no images; "
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            raise ConfigError(f"{root} has no {split}/ folder; {fix_root} (one sub-folder per class in each)")
+        classes[split] = find_class_dirs(split_dir)
+        if not classes[split]:
+            raise ConfigError(f"{split_dir} has no class folders; put each class's images in {split_dir}/CLASS/")
+    if classes["train"] != classes["val"]:
+        only_train = sorted(set(classes["train"]) - set(classes["val"]))
+        only_val = sorted(set(classes["val"]) - set(classes["train"]))
+        raise ConfigError(
+            f"train/ and val/ have different classes (only in train: {', '.join(only_train) or '-'}; "
+            f"only in val: {', '.join(only_val) or '-'}); give both splits the same class folders")
+    for split in ("train", "val"):
+        for name in classes[split]:
+            class_dir = os.path.join(root, split, name)
+            if not _has_image(class_dir):
+                raise ConfigError(f"class folder {class_dir} is empty (no {'/'.join(IMG_EXTENSIONS)} files); "
                                   "add images or remove the folder")
-    if splits["train"] != splits["val"]:
-        only_train = sorted(set(splits["train"]) - set(splits["val"]))
-        only_val = sorted(set(splits["val"]) - set(splits["train"]))
-        raise ConfigError(f"train/ and val/ have different classes (only in train: {', '.join(only_train) or '-'}; "
-                          f"only in val: {', '.join(only_val) or '-'}); give both splits the same class folders")
-    return splits["train"]
+    return classes["train"]
 
 
 def scan_images(root: str) -> tuple[int, list[str]]:
@@ -58,7 +67,7 @@ def scan_images(root: str) -> tuple[int, list[str]]:
     for split in ("train", "val"):
         for folder, _, files in os.walk(os.path.join(root, split), followlinks=True):
             for name in sorted(files):
-                if not name.lower().endswith(IMG_EXTENSIONS):
+                if not is_image_file(name):
                     continue
                 total += 1
                 path = os.path.join(folder, name)

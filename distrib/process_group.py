@@ -29,17 +29,28 @@ def process_group(env: DistEnv, device: torch.device, timeout_s: int):
         yield
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {}
-    if env.launcher == "srun":  # srun sets no MASTER_*; the sbatch script exports them
-        kwargs = dict(init_method="env://", rank=env.rank, world_size=env.world_size)
-        os.environ.setdefault("MASTER_PORT", "29500")
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
-                            device_id=device if device.type == "cuda" else None, **kwargs)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend, store=_attempt_store(env, timeout), rank=env.rank, world_size=env.world_size,
+                            timeout=timeout, device_id=device if device.type == "cuda" else None)
     try:
         yield
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _attempt_store(env: DistEnv, timeout: datetime.timedelta) -> dist.Store:
+    """The run's TCP store, with keys private to this restart attempt.
+
+    torchrun keeps one store across elastic restarts: without the prefix, a restarted group reads the
+    dead group's gloo addresses and hangs in connectFullMesh. Under torchrun the agent hosts the store at
+    MASTER_ADDR:MASTER_PORT; under srun alone rank 0 hosts it there (the sbatch script exports both).
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    hosts_it = env.launcher == "srun" and env.rank == 0
+    store = dist.TCPStore(host, port, world_size=env.world_size if hosts_it else None, is_master=hosts_it,
+                          timeout=timeout, wait_for_workers=False)
+    return dist.PrefixStore(f"distrain/attempt{env.restart_count}/", store)
 
 
 def is_dist() -> bool:

@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from distrib import checkpoint
-from distrib.config import ConfigError, RunConfig
+from distrib.config import RunConfig
 from distrib.data import Loaders, build_loaders, to_device
 from distrib.env import DistEnv
 from distrib.evaluate import evaluate
@@ -26,6 +26,7 @@ from distrib.model import build_model, unwrap, wrap_model
 from distrib.optim import build_optimizer, build_scheduler, scaled_lr
 from distrib.process_group import all_reduce_sum, barrier, pick_device, process_group
 from distrib.stop import StopRequest
+from distrib.watchdog import Heartbeat
 from distrib.writer import setup_logging, writer_for
 
 log = logging.getLogger("distrain")
@@ -50,10 +51,18 @@ def main(cfg: RunConfig) -> str:
     device = pick_device(env, cfg.device)
     stop = StopRequest.install(cfg.run_dir)
     with process_group(env, device, cfg.dist_timeout):
-        return train(cfg, env, device, stop)
+        heartbeat = Heartbeat(env, cfg.dist_timeout)
+        try:
+            return train(cfg, env, device, stop, heartbeat)
+        except RuntimeError as e:
+            hung = heartbeat.explain(e)
+            if hung is None:
+                raise
+            log.error("%s", hung)
+            raise hung from e
 
 
-def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest) -> str:
+def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest, heartbeat: Heartbeat) -> str:
     seed_everything(cfg.seed)
     loaders = build_loaders(cfg, env, pin_memory=device.type == "cuda")
     model = build_model(cfg.arch, len(loaders.classes), cfg.pretrained, cfg.weights, env).to(device)
@@ -90,7 +99,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest)
     for epoch in range(progress.epoch, cfg.epochs):
         loaders.train_sampler.set_epoch(epoch, progress.batch)
         sums, stopped = train_one_epoch(net, loaders, optimizer, scheduler, scaler, criterion, device, cfg,
-                                        env, progress, steps_per_epoch, writer, stop, note_skipped)
+                                        env, progress, steps_per_epoch, writer, stop, heartbeat, note_skipped)
         if stopped:
             progress.partial = sums.tolist()
             save(cfg, env, model, optimizer, scheduler, scaler, progress, loaders.classes, best=False)
@@ -119,7 +128,8 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest)
 
 
 def train_one_epoch(net, loaders: Loaders, optimizer, scheduler, scaler, criterion, device, cfg: RunConfig,
-                    env: DistEnv, progress: Progress, steps_per_epoch: int, writer, stop: StopRequest, note_skipped):
+                    env: DistEnv, progress: Progress, steps_per_epoch: int, writer, stop: StopRequest,
+                    heartbeat: Heartbeat, note_skipped):
     """Steps until the epoch ends or every rank agrees to stop. Returns global (loss, samples, skipped,
     seconds) sums and whether it stopped early. Loss is accumulated on the device: no sync per step."""
     net.train()
@@ -130,6 +140,7 @@ def train_one_epoch(net, loaders: Loaders, optimizer, scheduler, scaler, criteri
     writer.epoch_started()
     stopped = False
     for batch in loaders.train:
+        heartbeat.beat(progress.step + 1)  # "has its data for this step": a rank stuck loading stays behind
         note_skipped(batch.skipped)
         local[2] += len(batch.skipped)
         images, labels = to_device(batch, device, cfg.channels_last)
@@ -166,12 +177,7 @@ def train_one_epoch(net, loaders: Loaders, optimizer, scheduler, scaler, criteri
 
 
 def _steps_per_epoch(loaders: Loaders, cfg: RunConfig) -> int:
-    loaders.train_sampler.set_epoch(0, 0)
-    steps = len(loaders.train_sampler) // cfg.batch_size
-    if steps == 0:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than this process's share of the training "
-                          f"set ({len(loaders.train_sampler)} images); use a smaller batch or fewer processes")
-    return min(steps, cfg.steps_per_epoch or steps)
+    return loaders.train_sampler.batches_per_epoch  # already capped by --steps-per-epoch
 
 
 def resume(cfg: RunConfig, classes, model, optimizer, scheduler, scaler) -> Progress:

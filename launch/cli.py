@@ -5,16 +5,14 @@ Never imports torch at import time: `distrain --help` and `distrain launch --dry
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from distrib.config import RUNTIME, SLURM, TOPOLOGY, TRAINING, ConfigError, RunConfig, resolve, write_run_config
-from launch import archs, topology
+from distrib.config import RUNTIME, SLURM, TOPOLOGY, TRAINING, ConfigError, RunConfig, resolve
+from launch import archs
 from launch.options import command_line, run_options
 
 app = typer.Typer(

@@ -1,8 +1,9 @@
 """Start torchrun (or srun) here and stay with it: the only place the launcher runs a training subprocess.
 
-Ctrl-C reaches every process of the terminal's group, torchrun and the ranks included, so the launcher
-ignores SIGINT and waits; a SIGTERM sent to the launcher alone is passed on to torchrun. Either way the
-ranks stop at a step boundary after rank 0 wrote last.pt, and the launcher exits non-zero.
+A stop request (Ctrl-C, SIGTERM, SIGHUP) touches RUN_DIR/STOP, the same file SLURM's preemption signal
+touches: every rank sees it at the next step boundary, rank 0 writes last.pt, and torchrun ends cleanly.
+torchrun runs in its own session so the terminal's Ctrl-C reaches the launcher alone; a second request
+sends SIGTERM to torchrun, a third kills its whole process group.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import time
 from importlib import metadata
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def versions() -> dict:
@@ -39,23 +42,25 @@ def write_launch_record(run_dir: str, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def run(argv: list[str], env: dict | None = None) -> tuple[int, str | None]:
-    """Run argv to the end. Returns (exit code, name of the signal that asked us to stop, if any)."""
+def run(argv: list[str], env: dict, stop_file: str, say=print) -> tuple[int, str | None]:
+    """Run argv to the end. Returns (exit code, name of the first stop signal received, if any)."""
     received: list[str] = []
-    proc = subprocess.Popen(argv, env=env)
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
 
     def on_signal(signum, frame):
         received.append(signal.Signals(signum).name)
-        if signum == signal.SIGTERM:
-            proc.send_signal(signal.SIGTERM)  # SIGINT already reached torchrun through the terminal
+        if len(received) == 1:
+            open(stop_file, "a").close()
+            say(f"{received[0]}: stopping at the next step boundary and writing last.pt "
+                "(again to stop at once)")
+        elif len(received) == 2:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
-        while True:
-            try:
-                return proc.wait(), (received[0] if received else None)
-            except KeyboardInterrupt:  # pragma: no cover - handler above replaces the default
-                continue
+        return proc.wait(), (received[0] if received else None)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

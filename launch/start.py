@@ -13,6 +13,8 @@ from distrib.config import ConfigError, RunConfig, write_run_config
 from launch import preflight, topology
 from launch.run_local import run, write_launch_record
 
+STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command resumes
+
 
 def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     """`typed` is the user's own `distrain launch ...` line: what every node runs, kept in launch.json."""
@@ -35,19 +37,30 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
         out.print(describe(plan, cfg, argv, typed), soft_wrap=True, markup=False)
         return 0
     write_run_config(cfg, config_path)
-    write_launch_record(cfg.run_dir, {"distrain": typed, "mode": plan.mode, "world_size": plan.world_size, "command": argv,
-                                      "nnodes": plan.nnodes, "procs_per_node": plan.procs_per_node})
+    write_launch_record(cfg.run_dir, {"distrain": typed, "mode": plan.mode, "world_size": plan.world_size,
+                                      "command": argv, "nnodes": plan.nnodes, "procs_per_node": plan.procs_per_node})
     out.print(_headline(plan, cfg), soft_wrap=True)
-    code, signalled = run(argv, env=_rank_environment(plan))
-    if signalled:
-        out.print(f"[yellow]stopped by {signalled}[/]: last.pt is in {cfg.run_dir}/checkpoints; "
+    stop_file = os.path.join(cfg.run_dir, "STOP")
+    _remove(stop_file)  # a stop request belongs to the run that received it
+    code, signalled = run(argv, _rank_environment(plan), stop_file, say=lambda m: out.print(f"[yellow]{m}[/]"))
+    stopped = os.path.exists(stop_file)
+    _remove(stop_file)
+    if code == 0 and (signalled or stopped):
+        out.print(f"[yellow]stopped[/] by {signalled or stop_file}: last.pt is in {cfg.run_dir}/checkpoints; "
                   "run the same command to resume.", soft_wrap=True)
-        return 130 if signalled == "SIGINT" else 143
+        return {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}.get(signalled, STOPPED_EXIT)
     if code != 0:
         out.print(f"[red]run failed[/] (torchrun exit {code}); per-rank logs are in {cfg.run_dir}/logs",
                   soft_wrap=True)
         return 1
     return 0
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _node_argv(plan: topology.Plan, cfg: RunConfig, config_path: str) -> list[str]:
@@ -104,7 +117,8 @@ def train_in_place(cfg: RunConfig, out, warn) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         write_run_config(cfg, os.path.join(cfg.run_dir, "config.toml"))
     result = train.main(cfg)
-    return 130 if result == "stopped" else 0
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ  # a clean stop is no failure for the agent
+    return STOPPED_EXIT if result == "stopped" and not under_torchrun else 0
 
 
 def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) -> int:
@@ -130,5 +144,5 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) 
             "--nproc-per-node", str(plan.procs_per_node), "-m", "distrib", "eval", str(checkpoint), config_path]
     if as_json:
         argv.append("--json")
-    code, _ = run(argv, env=_rank_environment(plan))
+    code, _ = run(argv, _rank_environment(plan), os.path.join(run_dir, "STOP"))
     return 0 if code == 0 else 1

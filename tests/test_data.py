@@ -98,7 +98,7 @@ def test_check_dataset_errors_are_one_line_with_the_fix(tmp_path, case):
 
 
 def test_check_dataset_imports_no_torch(data):
-    code = ("import sys; from distrib.images import check_dataset; "
+    code = ("import sys; from distrib.layout import check_dataset; "
             f"assert check_dataset({str(data)!r}) == ['class0', 'class1', 'class2', 'class3']; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -1,0 +1,95 @@
+"""CPU data-parallel scaling: `distrain launch --gpus 0 --procs 1` against `--procs 2` on the same work.
+
+    python benchmarks/cpu_scaling.py                          # resnet18, 64 px, synthetic, 20 steps
+    python benchmarks/cpu_scaling.py --procs 4 --threads-total 4 --repeats 3 --json
+
+Weak scaling, as training runs it: the batch per process is fixed (--batch-size), so 2 processes train
+a global batch twice as big; gloo all-reduces the gradients every step. Each run is one epoch of
+--steps-per-epoch steps on synthetic images (no decoding: the model step and the all-reduce alone), and
+its throughput is metrics.jsonl's images_per_sec (global training images/s of the epoch).
+
+The cores are split between the processes: OMP_NUM_THREADS = threads-total / procs (default: all cores),
+so one process gets every core and two get half each. Efficiency = images/s(P) / (P x images/s(1)); on
+a machine whose cores one process already keeps busy, 2 processes cannot do better than 1 and the figure
+measures what DDP costs on top (the all-reduce, and intra-op threading that scales imperfectly).
+Runs are interleaved in ABBA order so that a neighbour's load on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(procs: int, threads: int, args, work: Path) -> dict:
+    run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"p{procs}-"))
+    argv = [sys.executable, "-m", "launch", "launch", "--gpus", "0", "--procs", str(procs), "--synthetic",
+            "--arch", args.arch, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
+            "--workers", str(args.workers), "--epochs", "1", "--steps-per-epoch", str(args.steps),
+            "--run-dir", str(run_dir), "--resume", "never", "--seed", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"error: --procs {procs} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["world_size"] == procs, row
+    return {"images_per_sec": row["images_per_sec"], "epoch_seconds": row["epoch_seconds"], "wall_seconds": wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32, help="per process")
+    ap.add_argument("--steps", type=int, default=20, help="--steps-per-epoch of each run")
+    ap.add_argument("--workers", type=int, default=0, help="loader workers per process (synthetic data is cheap)")
+    ap.add_argument("--procs", type=int, default=2, help="the process count compared with 1")
+    ap.add_argument("--threads-total", type=int, default=os.cpu_count() or 1,
+                    help="intra-op threads shared out between the processes (default: all cores)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each, interleaved")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+
+    configs = {1: max(1, args.threads_total), args.procs: max(1, args.threads_total // args.procs)}
+    runs: dict[int, list[dict]] = {p: [] for p in configs}
+    with tempfile.TemporaryDirectory(prefix="distrain-cpu-scaling-") as work:
+        for i in range(args.repeats):
+            order = list(configs) if i % 2 == 0 else list(configs)[::-1]  # ABBA
+            for procs in order:
+                runs[procs].append(run(procs, configs[procs], args, Path(work)))
+                if not args.json:
+                    r = runs[procs][-1]
+                    print(f"  --procs {procs} run {i + 1}: {r['images_per_sec']:.1f} img/s", file=sys.stderr,
+                          flush=True)
+
+    one, many = (statistics.median(r["images_per_sec"] for r in runs[p]) for p in configs)
+    result = {"arch": args.arch, "image_size": args.image_size, "batch_size_per_process": args.batch_size,
+              "steps": args.steps, "workers": args.workers, "cores": os.cpu_count(), "repeats": args.repeats,
+              "procs_1_threads": configs[1], f"procs_{args.procs}_threads_each": configs[args.procs],
+              "procs_1_images_per_sec": round(one, 2), f"procs_{args.procs}_images_per_sec": round(many, 2),
+              "speedup": round(many / one, 3), "efficiency": round(many / (args.procs * one), 3),
+              "runs": {f"procs_{p}": [round(r["images_per_sec"], 2) for r in rs] for p, rs in runs.items()}}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{args.arch} at {args.image_size} px, synthetic, batch {args.batch_size} per process, {args.steps} steps, "
+          f"{os.cpu_count()} cores, median of {args.repeats} interleaved run(s)")
+    print(f"  --procs 1 (OMP_NUM_THREADS={configs[1]}):              {one:8.1f} img/s")
+    print(f"  --procs {args.procs} (OMP_NUM_THREADS={configs[args.procs]} each, gloo): {many:8.1f} img/s")
+    print(f"  speedup {result['speedup']:.3f}x, scaling efficiency {result['efficiency']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""`distrain bench`: measured throughput of the model step, of the input pipeline, or of both.
+
+    run(data=None, synthetic=True, ...)       the model step alone on random device tensors
+    run(data=DIR, loader_only=True, ...)      the real input pipeline alone (build_loaders + to_device)
+    run(data=DIR, ...)                        both, and which of the two limits training
+
+The result is one flat, JSON-serialisable dict (`distrain bench --json` prints it); `describe` says it
+in words. `images_per_sec` is always the figure that answers the question asked: the model's, the
+loader's, or the smaller of the two.
+
+What is measured is what training runs: the same model builder, SGD with momentum and weight decay,
+the same loaders and the same uint8 -> float normalisation (`to_device`). On CUDA the model step uses
+bf16 autocast and channels_last (train with `--amp bf16 --channels-last` to get it); on the CPU, fp32.
+Warm-up steps (allocator, cuDNN autotuning, worker start-up) are run but not timed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+
+from distrib.config import ConfigError, RunConfig
+from distrib.env import DistEnv
+from distrib.layout import check_dataset
+
+# torch is imported inside the functions that measure: bad input fails at once, before ~5 s of imports.
+
+WARMUP_STEPS = {"cuda": 5, "cpu": 2}  # cuDNN autotuning needs a few steps; the CPU only the first
+IMAGENET_CLASSES = 1000  # head size of the model step when no data says otherwise
+
+
+def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_size: int, batch_size: int,
+        workers: int, device: str, steps: int) -> dict:
+    """Measure; raise ConfigError (exit 2 in the CLI) for bad input."""
+    _check_args(data, synthetic, loader_only, image_size, batch_size, workers, device, steps)
+    # --synthetic asks for the model step alone (even with --data); --loader-only for the files alone.
+    mode = "loader" if loader_only else "synthetic" if synthetic else "both"
+    if mode != "synthetic":
+        check_dataset(data)
+    import torch
+
+    dev = _device(device)
+    cfg = RunConfig(data=data, synthetic=mode == "synthetic", arch=arch, image_size=image_size,
+                    batch_size=batch_size, workers=workers)
+    result = {"mode": mode, "device": dev.type, "device_name": _device_name(dev), "arch": arch,
+              "image_size": image_size, "batch_size": batch_size, "steps": steps,
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if mode in ("loader", "both"):
+        result.update(measure_loader(cfg, dev, steps))
+    if mode in ("synthetic", "both"):
+        classes = result.get("classes", IMAGENET_CLASSES)
+        result.update(measure_model(cfg, dev, steps, classes))
+    if mode == "loader":
+        result["images_per_sec"] = result["loader_images_per_sec"]
+    elif mode == "synthetic":
+        result["images_per_sec"] = result["model_images_per_sec"]
+    else:
+        loader, model = result["loader_images_per_sec"], result["model_images_per_sec"]
+        result["images_per_sec"] = min(loader, model)
+        result["bound"] = "input" if loader < model else "compute"
+    return result
+
+
+def _check_args(data, synthetic, loader_only, image_size, batch_size, workers, device, steps) -> None:
+    if not data and not synthetic:
+        raise ConfigError("bench needs --data DIR (real files) or --synthetic (model step only)")
+    if loader_only and not data:
+        raise ConfigError("--loader-only measures real files: pass --data DIR")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda")
+    for flag, value, low in (("--image-size", image_size, 1), ("--batch-size", batch_size, 1),
+                             ("--steps", steps, 1), ("--workers", workers, 0)):
+        if value < low:
+            raise ConfigError(f"{flag} {value} must be at least {low}")
+
+
+def _device(want: str):
+    import torch
+
+    from distrib.process_group import pick_device
+
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible to this process; use --device cpu or auto")
+    return pick_device(DistEnv(), want)
+
+
+def _device_name(dev) -> str:
+    if dev.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(dev)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def _sync(dev) -> None:
+    if dev.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(dev)
+
+
+# ---------------------------------------------------------------- the model step
+
+def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int) -> dict:
+    """Forward + backward + SGD step on random device tensors: images/s at the median step time."""
+    import torch
+    import torch.nn as nn
+
+    from distrib.model import build_model
+    from distrib.optim import build_optimizer, scaled_lr
+
+    cuda = dev.type == "cuda"
+    amp_dtype = torch.bfloat16 if cuda else None
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    torch.backends.cudnn.benchmark = True  # what training does when unseeded
+    model = build_model(cfg.arch, num_classes, False, None, DistEnv()).to(dev, memory_format=fmt)
+    model.train()
+    optimizer = build_optimizer(model, cfg, scaled_lr(cfg, cfg.batch_size))
+    criterion = nn.CrossEntropyLoss()
+    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=dev).to(memory_format=fmt)
+    labels = torch.randint(0, num_classes, (cfg.batch_size,), device=dev)
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = criterion(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    warmup = WARMUP_STEPS[dev.type]
+    try:
+        for _ in range(warmup):
+            step()
+        _sync(dev)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            _sync(dev)  # per step, so each time is the step's own; costs a launch gap per step on a GPU
+            times.append(time.perf_counter() - start)
+    except torch.OutOfMemoryError:
+        raise ConfigError(f"--batch-size {cfg.batch_size} does not fit in {_device_name(dev)}'s memory with "
+                          f"{cfg.arch} at {cfg.image_size} px; lower --batch-size") from None
+    median = statistics.median(times)
+    if cuda:
+        peak_mb, peak_source = torch.cuda.max_memory_allocated(dev) / 2**20, "cuda_max_memory_allocated"
+    else:
+        peak_mb, peak_source = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+    return {
+        # From the median step: one step stalled by another process on a shared machine moves a mean
+        # a lot and a median not at all. model_images_per_sec_mean keeps the plain total / time figure.
+        "model_images_per_sec": round(cfg.batch_size / median, 2),
+        "model_images_per_sec_mean": round(cfg.batch_size * steps / sum(times), 2),
+        "step_time_ms": round(median * 1000, 3),
+        "step_time_min_ms": round(min(times) * 1000, 3),
+        "warmup_steps": warmup,
+        "amp": "bf16" if amp_dtype is not None else "off",
+        "channels_last": cuda,
+        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_source": peak_source,
+    }
+
+
+# ---------------------------------------------------------------- the input pipeline
+
+def measure_loader(cfg: RunConfig, dev, steps: int) -> dict:
+    """Train batches of the real loader, through to_device, after one warm-up batch (worker start-up).
+
+    The timed batch count is rounded up to a multiple of the worker count: workers finish their
+    batches in rounds, and timing part of a round would credit work done before the clock started.
+    """
+    from distrib.data import build_loaders
+
+    loaders = build_loaders(cfg, DistEnv(), pin_memory=dev.type == "cuda")
+    timed = math.ceil(steps / max(cfg.workers, 1)) * max(cfg.workers, 1)
+    batches = _endless(loaders)
+    try:
+        started = time.perf_counter()
+        _consume(next(batches), dev)
+        first_batch_s = time.perf_counter() - started
+        images, skipped, times = 0, 0, []
+        start = time.perf_counter()
+        for _ in range(timed):
+            t = time.perf_counter()
+            batch = next(batches)
+            _consume(batch, dev)
+            times.append(time.perf_counter() - t)
+            images += batch.labels.numel()
+            skipped += len(batch.skipped)
+        seconds = time.perf_counter() - start
+    finally:
+        batches.close()  # shuts the persistent workers down before the model step is measured
+    return {
+        "loader_images_per_sec": round(images / seconds, 2),
+        "loader_batch_ms": round(statistics.median(times) * 1000, 3),
+        "loader_first_batch_s": round(first_batch_s, 3),
+        "loader_batches": timed,
+        "workers": cfg.workers,
+        "data": os.path.abspath(cfg.data),
+        "train_images": loaders.num_train,
+        "classes": len(loaders.classes),
+        "skipped_images": skipped,
+    }
+
+
+def _endless(loaders):
+    """Train batches epoch after epoch, as training would draw them."""
+    epoch = 0
+    while True:
+        loaders.train_sampler.set_epoch(epoch)
+        it = iter(loaders.train)
+        try:
+            yield from it
+        finally:
+            if hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+        epoch += 1
+
+
+def _consume(batch, dev) -> None:
+    from distrib.data import to_device
+
+    images, _ = to_device(batch, dev, channels_last=dev.type == "cuda")
+    _sync(dev)
+    del images
+
+
+# ---------------------------------------------------------------- words
+
+def describe(result: dict) -> str:
+    """The result in a few lines: what was measured, the figure, and for both, which one limits training."""
+    head = (f"{result['arch']} at {result['image_size']} px, batch {result['batch_size']}, "
+            f"on {result['device']} ({result['device_name']})")
+    lines = []
+    if "model_images_per_sec" in result:
+        precision = "bf16 autocast, channels_last" if result["amp"] == "bf16" else "fp32"
+        lines.append(f"model step: {result['model_images_per_sec']:.1f} img/s, median step "
+                     f"{result['step_time_ms']:.1f} ms ({precision}; {result['steps']} steps after "
+                     f"{result['warmup_steps']} warm-up); peak memory {result['peak_memory_mb']:.0f} MB "
+                     f"({'CUDA allocated' if result['device'] == 'cuda' else 'process max RSS'})")
+    if "loader_images_per_sec" in result:
+        lines.append(f"input pipeline: {result['loader_images_per_sec']:.1f} img/s with {result['workers']} "
+                     f"worker(s), median batch wait {result['loader_batch_ms']:.1f} ms "
+                     f"({result['loader_batches']} batches after a warm-up batch of "
+                     f"{result['loader_first_batch_s']:.2f} s); {result['train_images']} train images in "
+                     f"{result['data']}")
+        if result["skipped_images"]:
+            lines.append(f"  {result['skipped_images']} unreadable image(s) skipped")
+    if result["mode"] == "both":
+        loader, model = result["loader_images_per_sec"], result["model_images_per_sec"]
+        if result["bound"] == "input":
+            lines.append(f"input-bound: the loader gives {loader:.1f} img/s, the model takes {model:.1f} img/s; "
+                         "more --workers (cores), or a faster decode, would speed training up")
+        else:
+            lines.append(f"compute-bound: the model takes {model:.1f} img/s, the loader gives {loader:.1f} img/s")
+        if result["device"] == "cpu":
+            lines.append("  on the CPU the loader and the model share the cores, so training runs slower than either")
+    if result["device"] == "cuda" and "model_images_per_sec" in result:
+        lines.append("  (train with --amp bf16 --channels-last to get this model step; the defaults are fp32, NCHW)")
+    return "\n".join([head, *lines])

@@ -1,0 +1,228 @@
+"""Faults and hostile input, each with a real process: stops, kills, full disks, hung ranks, evil pickles."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, assert_ok, distrain, metrics, rank_pids
+
+VAL_IMAGES = 29
+
+
+def start(*args, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "launch", *map(str, args)], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        assert proc is None or proc.poll() is None, "the run ended early"
+        time.sleep(0.1)
+
+
+def test_stop_mid_epoch_resumes_at_the_same_step(two_rank_run, imagefolder, tmp_path):
+    """A STOP file (what SLURM's USR1 and Ctrl-C become) present from the start: every rank stops after
+    step 1 of epoch 0. The relaunch continues at step 2 and ends with the very numbers of an
+    uninterrupted run: no step redone, none skipped."""
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    (run_dir / "STOP").touch()
+    options = ["--data", imagefolder, "--epochs", "2", "--run-dir", run_dir, *TINY]
+    first = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "launch", "train", "--device", "cpu", *map(str, options)],
+                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert first.returncode == 0, first.stdout + first.stderr  # a clean stop is no failure for torchrun
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, 1, 1)
+    assert metrics(run_dir) == []
+    proc = distrain("launch", "--gpus", "0", "--procs", "2", *options)  # clears the stale STOP, resumes
+    assert_ok(proc)
+    assert "resuming at epoch 0, batch 1" in proc.stdout
+    resumed, straight = metrics(run_dir), metrics(two_rank_run)
+    assert [r["epoch"] for r in resumed] == [0, 1]
+    for a, b in zip(resumed, straight):
+        for key in ("train_loss", "val_loss", "val_acc1", "val_acc5", "val_samples"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), (key, a, b)
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly_and_relaunch_resumes(imagefolder, tmp_path, how):
+    run_dir, log = tmp_path / "run", tmp_path / "launch.log"
+    args = ["launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "3", "--run-dir",
+            run_dir, *TINY]
+    proc = start(*args, log=log)
+    wait_for(lambda: metrics(run_dir), 240, proc)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the launcher's whole process group
+    else:
+        proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    text = log.read_text()
+    assert code == (130 if how == "ctrl-c" else 143), text
+    assert "stopped" in text and "run the same command to resume" in text and "Traceback" not in text
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    done_before = len(metrics(run_dir))
+    assert ckpt["epoch"] * 3 + ckpt["batch"] == ckpt["step"]  # a consistent step boundary
+    again = distrain(*args)
+    assert_ok(again)
+    assert [r["epoch"] for r in metrics(run_dir)] == [0, 1, 2], (done_before, metrics(run_dir))
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 9  # no step lost
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
+    """kill -9 while a large checkpoint is being written: last.pt still holds the previous state."""
+    target = tmp_path / "checkpoints" / "last.pt"
+    writer = textwrap.dedent(f"""
+        import sys, torch
+        from distrib.checkpoint import save_atomic
+        save_atomic({{"epoch": 1, "model": {{"w": torch.ones(4)}}}}, {str(target)!r})
+        print("first", flush=True)
+        sys.stdin.readline()
+        save_atomic({{"epoch": 2, "model": {{"w": torch.zeros(64, 1024, 1024)}}}}, {str(target)!r})  # 256 MB
+        print("second", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "first"
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    wait_for(lambda: any(p.name.startswith(".last.pt.tmp") and p.stat().st_size > 0
+                         for p in target.parent.iterdir()), 60, proc)
+    proc.kill()
+    proc.wait()
+    ckpt = torch.load(target, weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["model"]["w"].tolist() == [1.0] * 4
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_full_disk_while_saving(small_filesystem):
+    from distrib.checkpoint import CheckpointError, save_atomic
+
+    target = small_filesystem / "last.pt"
+    save_atomic({"epoch": 1, "model": {"w": torch.ones(16)}}, str(target))
+    with pytest.raises(CheckpointError, match="disk full while saving .*previous checkpoint is intact"):
+        save_atomic({"epoch": 2, "model": {"w": torch.zeros(1024, 1024)}}, str(target))  # 4 MB > 2 MB
+    assert torch.load(target, weights_only=True)["epoch"] == 1
+    assert [p.name for p in small_filesystem.iterdir()] == ["last.pt"]  # the partial temp file is gone
+
+
+def test_hung_rank_times_out_naming_it(imagefolder, tmp_path):
+    """Rank 1 freezes (SIGSTOP, as if stuck in data loading): rank 0 fails after --dist-timeout naming it."""
+    run_dir, log = tmp_path / "hung", tmp_path / "launch.log"
+    proc = start("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "20",
+                 "--dist-timeout", "5", "--run-dir", run_dir, *TINY, log=log)
+    wait_for(lambda: metrics(run_dir) and 1 in rank_pids(run_dir / "config.toml"), 240, proc)
+    victim = rank_pids(run_dir / "config.toml")[1]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        code = proc.wait(timeout=150)
+    finally:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    assert "rank 1 (at step" in text and "is hung" in text, text[-3000:]
+    assert "--dist-timeout" in text
+
+
+def test_malicious_checkpoint_is_refused(imagefolder, tmp_path):
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {shlex.quote(str(marker))}",))
+
+    evil = tmp_path / "evil.pt"
+    with evil.open("wb") as fh:
+        pickle.dump({"model": Evil(), "arch": "resnet18"}, fh)
+    for args in (["--resume", evil], ["--weights", evil]):
+        proc = distrain("train", "--data", imagefolder, "--run-dir", tmp_path / "r", "--device", "cpu", *TINY,
+                        "--epochs", "1", *args)
+        assert proc.returncode in (1, 2), proc.all
+        assert "refusing" in proc.all and "could run code" in proc.all
+        assert not marker.exists()
+
+
+def test_torchrun_line_quotes_every_value(tmp_path):
+    """The dry run's command, pasted into a shell, passes a hostile run dir through as one literal word."""
+    from distrib.config import RunConfig
+    from launch.topology import make_plan, torchrun_argv
+
+    weird = str(tmp_path / "a b'c\"$(touch PWNED);`touch PWNED2`\nx")
+    cfg = RunConfig(synthetic=True, run_dir=weird, gpus=0, procs=2).validate()
+    argv = torchrun_argv(make_plan(cfg, 0), cfg, "echo", os.path.join(weird, "config.toml"))
+    out = subprocess.run(["bash", "-c", shlex.join(argv) + " > args.txt; printf '%s\\0' \"$@\" >/dev/null"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+    assert os.path.join(weird, "config.toml") in (tmp_path / "args.txt").read_text()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing", "does not exist"),
+    (lambda d: (d / "noval" / "train" / "a").mkdir(parents=True) or d / "noval", "has no val/ folder"),
+])
+def test_bad_input_data_is_refused_before_anything_starts(tmp_path, make, message):
+    data = make(tmp_path)
+    proc = distrain("launch", "--gpus", "0", "--data", data, "--run-dir", tmp_path / "run")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.all
+    assert not (tmp_path / "run" / "config.toml").exists()
+
+
+def test_bad_input_empty_class_and_different_classes(tmp_path):
+    from imagefolder import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "d", classes=2, train_per_class=2, val_per_class=1)
+    (data / "train" / "empty").mkdir()
+    (data / "val" / "empty").mkdir()
+    proc = distrain("launch", "--gpus", "0", "--data", data, "--run-dir", tmp_path / "r")
+    assert proc.returncode == 2 and "train/empty is empty" in proc.stderr
+    (data / "val" / "empty").rmdir()
+    (data / "train" / "empty" / "x.jpg").write_bytes((data / "train" / "class0" / "0000.jpg").read_bytes())
+    proc = distrain("launch", "--gpus", "0", "--data", data, "--run-dir", tmp_path / "r")
+    assert proc.returncode == 2 and "different classes (only in train: empty" in proc.stderr
+
+
+def test_bad_input_unwritable_run_dir_and_too_many_gpus(imagefolder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = distrain("launch", "--gpus", "0", "--data", imagefolder, "--run-dir", blocker / "run")
+    assert proc.returncode == 2 and "is not writable" in proc.stderr
+    proc = distrain("launch", "--gpus", "4", "--data", imagefolder, "--run-dir", tmp_path / "r",
+                    env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2 and "--gpus 4 asked for, but 0 visible here" in proc.stderr
+
+
+def test_bad_input_slurm_options(tmp_path):
+    for args, message in ((["--time", "1 day"], "--time"), (["--mem", "lots"], "--mem"),
+                          (["--sbatch-arg", "nodes=3"], "--sbatch-arg")):
+        proc = distrain("launch", "--slurm", "--synthetic", "--run-dir", tmp_path / "r", *args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.all, proc.all
+        assert len(proc.stderr.strip().splitlines()) == 1
