@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,13 +68,17 @@ def count_images(split_dir: Path) -> int:
     return sum(1 for p in split_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
-def timed(argv: list[str], cwd: Path, env: dict) -> tuple[float, str]:
+def timed(argv: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + sys of the process and its data workers) and stdout of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"error: {argv[1]} {argv[2]} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    return wall, proc.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc.stdout
 
 
 def run_examples(args, data: Path, work: Path, env: dict, train_images: int) -> dict:
@@ -81,7 +86,7 @@ def run_examples(args, data: Path, work: Path, env: dict, train_images: int) -> 
     cwd = Path(tempfile.mkdtemp(dir=work, prefix="examples-"))
     argv = [sys.executable, str(Path(args.examples_main).resolve()), "-a", args.arch, "-b", str(args.batch_size),
             "-j", str(args.workers), "--epochs", "1", "-p", "1", str(data)]
-    wall, stdout = timed(argv, cwd, env)
+    wall, cpu, stdout = timed(argv, cwd, env)
     steps = [m for m in map(EXAMPLES_STEP.match, stdout.splitlines()) if m]
     if not steps:
         sys.exit(f"error: no per-batch lines found in main.py's output; is it pytorch/examples' "
@@ -92,7 +97,7 @@ def run_examples(args, data: Path, work: Path, env: dict, train_images: int) -> 
     return {"images_per_sec": train_images / sum(times),
             "steady_images_per_sec": (train_images - first) / max(sum(times[1:]), 1e-9),
             "epoch_seconds": sum(times), "data_wait_seconds": sum(data_wait), "steps": len(times),
-            "images": train_images, "wall_seconds": wall}
+            "images": train_images, "wall_seconds": wall, "cpu_seconds": cpu}
 
 
 def run_distrain(args, data: Path, work: Path, env: dict) -> dict:
@@ -101,7 +106,7 @@ def run_distrain(args, data: Path, work: Path, env: dict) -> dict:
             "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--epochs", "1",
             "--image-size", str(args.image_size), "--device", "cpu", "--run-dir", str(run_dir),
             "--resume", "never", "--log-interval", "1"]
-    wall, stdout = timed(argv, REPO, env)
+    wall, cpu, stdout = timed(argv, REPO, env)
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     steps = [m for m in map(DISTRAIN_STEP.match, stdout.splitlines()) if m]
     # Each progress line's img/s covers the step since the previous line: its time is batch / rate.
@@ -110,7 +115,7 @@ def run_distrain(args, data: Path, work: Path, env: dict) -> dict:
     return {"images_per_sec": row["images_per_sec"],
             "steady_images_per_sec": (images - args.batch_size) / max(sum(times[1:]), 1e-9) if times else None,
             "epoch_seconds": row["epoch_seconds"], "steps": len(times), "images": round(images),
-            "wall_seconds": wall}
+            "wall_seconds": wall, "cpu_seconds": cpu}
 
 
 def main() -> None:
@@ -166,6 +171,7 @@ def main() -> None:
         result[f"{name}_images_per_sec"] = round(pooled(name, "images_per_sec"), 3)
         result[f"{name}_steady_images_per_sec"] = round(pooled(name, "steady_images_per_sec"), 3)
         result[f"{name}_wall_seconds"] = round(statistics.median(r["wall_seconds"] for r in runs[name]), 2)
+        result[f"{name}_cpu_seconds"] = round(statistics.median(r["cpu_seconds"] for r in runs[name]), 1)
         result[f"{name}_runs_images_per_sec"] = [round(r["images_per_sec"], 3) for r in runs[name]]
     result["examples_data_wait_fraction"] = round(
         sum(r["data_wait_seconds"] for r in runs["examples"]) / sum(r["epoch_seconds"] for r in runs["examples"]), 3)
@@ -173,6 +179,7 @@ def main() -> None:
     result["steady_ratio"] = round(result["distrain_steady_images_per_sec"]
                                    / result["examples_steady_images_per_sec"], 3)
     result["wall_ratio"] = round(result["examples_wall_seconds"] / result["distrain_wall_seconds"], 3)
+    result["cpu_ratio"] = round(result["examples_cpu_seconds"] / result["distrain_cpu_seconds"], 3)
     if args.json:
         print(json.dumps(result))
         return
@@ -181,9 +188,10 @@ def main() -> None:
     for name in runs:
         print(f"  {name:9s} {result[f'{name}_images_per_sec']:8.2f} img/s training "
               f"({result[f'{name}_steady_images_per_sec']:.2f} after the first step), "
-              f"wall {result[f'{name}_wall_seconds']:.1f} s for train + validate")
+              f"wall {result[f'{name}_wall_seconds']:.1f} s and CPU {result[f'{name}_cpu_seconds']:.0f} s "
+              "for train + validate")
     print(f"  distrain / examples: {result['ratio']:.3f}x training img/s ({result['steady_ratio']:.3f}x steady), "
-          f"{result['wall_ratio']:.3f}x faster wall clock")
+          f"{result['wall_ratio']:.3f}x faster wall clock, {result['cpu_ratio']:.3f}x less CPU time")
 
 
 if __name__ == "__main__":

@@ -77,9 +77,14 @@ class RunConfig:
     label_smoothing: float = opt(0.0, TRAINING, "Label smoothing.")
     image_size: int = opt(224, TRAINING, "Training crop size (validation resizes to size/0.875, then crops).")
     workers: int = opt(4, TRAINING, "Data-loading processes per training process.")
-    amp: str = opt("off", TRAINING, "Mixed precision.", choices=("bf16", "fp16", "off"))
-    channels_last: bool = opt(False, TRAINING, "Channels-last memory format.")
-    compile: bool = opt(False, TRAINING, "torch.compile the model.")
+    decode: str = opt("workers", TRAINING, "Where JPEGs are decoded: workers (CPU processes) or device "
+                      "(torchvision.io.decode_jpeg on the training device, in batches; for input-bound GPU "
+                      "nodes).", choices=("workers", "device"))
+    amp: str = opt("auto", TRAINING, "Mixed precision; auto: bf16 on GPUs that support it, off on CPU.",
+                   choices=("auto", "bf16", "fp16", "off"))
+    channels_last: bool | None = opt(None, TRAINING, "Channels-last memory format (default: on GPUs).")
+    compile: bool = opt(False, TRAINING, "torch.compile the model (minutes of compiling; pays off on long runs).")
+    bucket_mb: int = opt(25, TRAINING, "DDP gradient bucket size in MB.")
     sync_bn: bool = opt(False, TRAINING, "Synchronise BatchNorm statistics across processes.")
     seed: int | None = opt(None, TRAINING, "Seed for reproducible runs.")
     steps_per_epoch: int | None = opt(None, TRAINING, "Cap on training steps per epoch (quick runs).")
@@ -102,7 +107,7 @@ class RunConfig:
         lo, hi = self.min_max_nodes()
         if lo < 1 or hi < lo:
             raise ConfigError(f"--nodes {self.nodes} needs 1 <= MIN <= MAX; use e.g. --nodes 1 or --nodes 2:4")
-        for name in ("procs", "epochs", "batch_size", "image_size", "log_interval", "dist_timeout"):
+        for name in ("procs", "epochs", "batch_size", "image_size", "log_interval", "dist_timeout", "bucket_mb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} {getattr(self, name)} must be at least 1")
         for name in ("max_restarts", "workers", "max_requeues", "signal_seconds"):

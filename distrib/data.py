@@ -254,8 +254,10 @@ def _loader(dataset: Dataset, sampler: Sampler, cfg: RunConfig, pin_memory: bool
                       persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None)
 
 
-def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool) -> Loaders:
-    """This rank's train and val loaders; ConfigError if the data cannot fill one batch per rank."""
+def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool, device: torch.device | None = None) -> Loaders:
+    """This rank's train and val loaders; ConfigError if the data cannot fill one batch per rank.
+
+    device: where --decode device decodes the training JPEGs (default: the rank's, from --device)."""
     seed = cfg.seed or 0
     train, val, classes = _datasets(cfg, seed, env.rank)
     train_sampler = TrainSampler(len(train), env.rank, env.world_size, cfg.batch_size, seed, cfg.steps_per_epoch)
@@ -263,7 +265,16 @@ def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool) -> Loaders:
         raise ConfigError(
             f"{len(train)} training images cannot fill one batch of {cfg.batch_size} on each of "
             f"{env.world_size} processes; lower --batch-size or use fewer processes")
+    # --- --decode device (distrib/device_decode.py): workers read bytes, the device decodes; val stays on workers
+    if cfg.decode == "device" and isinstance(train, FolderDataset):
+        from distrib.device_decode import device_loader
+        from distrib.process_group import pick_device
+        device = device if device is not None else pick_device(env, cfg.device)
+        train_loader = device_loader(train, train_sampler, cfg, device, pin_memory)
+    else:
+        train_loader = _loader(train, train_sampler, cfg, pin_memory, drop_last=True)
+    # --- end --decode device
     return Loaders(
-        train=_loader(train, train_sampler, cfg, pin_memory, drop_last=True),
+        train=train_loader,
         val=_loader(val, ValSampler(len(val), env.rank, env.world_size), cfg, pin_memory, drop_last=False),
         train_sampler=train_sampler, classes=classes, num_train=len(train), num_val=len(val))

@@ -33,6 +33,15 @@ log = logging.getLogger("distrain")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
+def resolve_precision(cfg: RunConfig, device: torch.device) -> RunConfig:
+    """Settle the "auto" defaults for this device: bf16 and channels_last on GPUs, plain fp32 on CPU
+    (where bf16 autocast is slower without AMX, and channels_last gains nothing)."""
+    cuda = device.type == "cuda"
+    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if cuda and torch.cuda.is_bf16_supported() else "off")
+    channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+    return dataclasses.replace(cfg, amp=amp, channels_last=channels_last)
+
+
 @dataclasses.dataclass
 class Progress:
     """Where the run is; saved in every checkpoint so a resumed run continues at the same step."""
@@ -49,6 +58,7 @@ def main(cfg: RunConfig) -> str:
     env = DistEnv.from_environ()
     setup_logging(env.rank, cfg.run_dir)
     device = pick_device(env, cfg.device)
+    cfg = resolve_precision(cfg, device)
     stop = StopRequest.install(cfg.run_dir)
     with process_group(env, device, cfg.dist_timeout):
         heartbeat = Heartbeat(env, cfg.dist_timeout)
@@ -71,7 +81,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
 
     global_batch = cfg.batch_size * env.world_size
     lr = scaled_lr(cfg, global_batch)
-    steps_per_epoch = _steps_per_epoch(loaders, cfg)
+    steps_per_epoch = loaders.train_sampler.batches_per_epoch  # whole batches, capped by --steps-per-epoch
     optimizer = build_optimizer(model, cfg, lr)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
@@ -79,7 +89,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
     progress = resume(cfg, loaders.classes, model, optimizer, scheduler, scaler)
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed + env.rank)  # per-rank stream for anything after model init
-    net = wrap_model(model, cfg.strategy, device, env, cfg.sync_bn)
+    net = wrap_model(model, cfg.strategy, device, env, cfg.sync_bn, cfg.bucket_mb)
     if cfg.compile:
         net = torch.compile(net)
 
@@ -176,10 +186,6 @@ def train_one_epoch(net, loaders: Loaders, optimizer, scheduler, scaler, criteri
     return prior + sums if progress.partial else sums, stopped
 
 
-def _steps_per_epoch(loaders: Loaders, cfg: RunConfig) -> int:
-    return loaders.train_sampler.batches_per_epoch  # already capped by --steps-per-epoch
-
-
 def resume(cfg: RunConfig, classes, model, optimizer, scheduler, scaler) -> Progress:
     """--resume auto continues RUN_DIR/checkpoints/last.pt if it exists; PATH continues that file."""
     path = os.path.join(cfg.run_dir, "checkpoints", "last.pt") if cfg.resume == "auto" else cfg.resume
@@ -233,7 +239,8 @@ def _summary(cfg, env, device, global_batch, lr, loaders, progress) -> str:
     where = f"{env.world_size} x {device.type}" + (f" ({torch.cuda.get_device_name(device)})"
                                                    if device.type == "cuda" else "")
     lines = [
-        f"distrain: {cfg.arch} on {where}, strategy {cfg.strategy}",
+        f"distrain: {cfg.arch} on {where}, strategy {cfg.strategy}, amp {cfg.amp}, "
+        f"channels_last {'on' if cfg.channels_last else 'off'}",
         f"  global batch {global_batch} ({cfg.batch_size} per process), lr {lr:g} (= {cfg.lr:g} x {global_batch}/256)",
         f"  {loaders.num_train} train / {loaders.num_val} val images, {len(loaders.classes)} classes",
         f"  run dir {cfg.run_dir}   tensorboard: distrain tensorboard {os.path.dirname(cfg.run_dir) or '.'}",

@@ -18,10 +18,14 @@ from distrib.config import RunConfig, option_fields
 EXAMPLES_PANEL = "Examples"
 
 
+@functools.cache
+def _field_types() -> dict[str, object]:
+    return typing.get_type_hints(RunConfig)  # evaluating annotations is slow: once, not per option
+
+
 def _typer_option(f: dataclasses.Field) -> tuple[object, object]:
     """(annotation, typer.Option) for one RunConfig field."""
-    hints = typing.get_type_hints(RunConfig)
-    hint = hints[f.name]
+    hint = _field_types()[f.name]
     meta = f.metadata
     flag = "--" + f.name.replace("_", "-")
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

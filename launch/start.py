@@ -40,6 +40,11 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     write_launch_record(cfg.run_dir, {"distrain": typed, "mode": plan.mode, "world_size": plan.world_size,
                                       "command": argv, "nnodes": plan.nnodes, "procs_per_node": plan.procs_per_node})
     out.print(_headline(plan, cfg), soft_wrap=True)
+    return run_here(cfg, plan, argv, out)
+
+
+def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], out) -> int:
+    """Run this node's torchrun to the end; a stop request ends it at a step boundary with last.pt written."""
     stop_file = os.path.join(cfg.run_dir, "STOP")
     _remove(stop_file)  # a stop request belongs to the run that received it
     code, signalled = run(argv, _rank_environment(plan), stop_file, say=lambda m: out.print(f"[yellow]{m}[/]"))

@@ -109,10 +109,9 @@ def torchrun_argv(plan: Plan, cfg: RunConfig, python: str, config_path: str) -> 
         argv += ["--nnodes", plan.nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint", plan.rdzv_endpoint,
                  "--rdzv-id", plan.rdzv_id]
     argv += ["--nproc-per-node", str(plan.procs_per_node), "--max-restarts", str(cfg.max_restarts),
-             # Per-rank stdout/stderr go to files; the console shows rank 0's stdout without prefixes, and a
-             # failing rank's traceback once, in torchrun's summary (from the @record error file).
-             "--log-dir", os.path.join(cfg.run_dir, "logs", "torchrun"), "--redirects", "2", "--tee", "1",
-             "--local-ranks-filter", "0", "--log-line-prefix-template", " "]
+             # Ranks write stdout straight to the console (rank 0 the progress, others only warnings); their
+             # stderr goes to per-rank files, so a failing rank's traceback shows once, in torchrun's summary.
+             "--log-dir", os.path.join(cfg.run_dir, "logs", "torchrun"), "--redirects", "2"]
     return argv + ["-m", "distrib", "train", config_path]
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -118,3 +119,17 @@ def test_failing_rank_ends_the_whole_job(imagefolder, tmp_path):
     log = slurm_log(run_dir, job)
     assert "Signal 9 (SIGKILL) received by PID" in log, log[-3000:]  # torchrun's report of that rank
     assert len(metrics(run_dir)) < 50
+
+
+def test_launch_inside_salloc_starts_one_torchrun_per_node(imagefolder, tmp_path):
+    """In an salloc shell, `distrain launch` itself uses srun to start one torchrun per allocated node."""
+    run_dir = tmp_path / "salloc"
+    proc = subprocess.run(["salloc", "-N2", "--ntasks-per-node=1", sys.executable, "-m", "launch", "launch",
+                           "--gpus", "0", "--procs", "1", "--data", str(imagefolder), "--epochs", "1",
+                           "--steps-per-epoch", "2", "--run-dir", str(run_dir), *map(str, TINY)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "distrain salloc: 2 node(s) x 1 cpu process(es) = world 2" in proc.stdout
+    rows = metrics(run_dir)
+    assert rows[0]["world_size"] == 2 and rows[0]["val_samples"] == VAL_IMAGES
