@@ -10,11 +10,9 @@ Precedence: command line > --config file > defaults (`resolve`). This module nev
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import time
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields
 
@@ -143,6 +141,8 @@ class RunConfig:
         if self.run_dir:
             return self
         if self.rdzv_endpoint:
+            import hashlib
+
             key = "|".join(str(x) for x in (self.rdzv_endpoint, self.nodes, self.data, self.arch))
             name = f"{self.arch}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         else:
@@ -184,6 +184,8 @@ def _coerce(name: str, value, hint) -> object:
 
 def load_toml(path: str) -> dict:
     """Read a config file into {field: value}; unknown keys and wrong types are errors naming the key."""
+    import tomllib  # only when a file is read: the CLI's --help stays fast
+
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)

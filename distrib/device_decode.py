@@ -8,14 +8,20 @@ When to use it: on GPU nodes that are input-bound (`distrain bench` says "input"
 decodes ~184 img/s per core (reference/performance_anchors.md §3), so an 8-GPU node runs out of cores
 long before the GPUs are busy; nvJPEG (torchvision.io.decode_jpeg(device="cuda"), one batched call)
 moves the decode onto the GPU and the cores only read files and parse headers. On the CPU it is only
-for testing: the decode then runs in the training process, one image at a time, instead of in the workers.
-Measured here (2 cores, 500x375 JPEGs, RandomResizedCrop 224, batch 32, --workers 2, loader + to_device):
-workers 107 img/s, device (= this CPU) 59 img/s. The CPU is the wrong place for it; on GPUs, measure.
+for testing: the decode then runs in the training process, one image at a time, instead of in parallel
+workers, and on a real run that process is busy with the training step. Measured on a 2-core VM
+(500x375 JPEGs of ~86 KB, RandomResizedCrop 224, batch 32, loader + to_device, steady state, best of 2;
+the VM's speed swings up to 5x between runs, so read the ratios): with --workers 2, workers 460-500
+img/s, device (= this CPU) 415-445 img/s; in one process, 4.5-4.9 vs 3.1 ms of CPU per image (both
+use libjpeg-turbo). So on CPU it is no gain: the work is the same, only moved onto the one process that
+cannot scale. nvJPEG on a GPU is the point, and it is not measured here (no GPU); `distrain bench` has no
+--decode yet, but bench.measure_loader(RunConfig(..., decode="device"), cuda, steps) measures it.
 
 What stays the same as the worker path (distrib/images.py): the crop box and the flip of sample i are
 drawn from sample_rng(seed, epoch, rank, i) in the same order, from the header's size, so the crop
 distribution is unchanged. Pixels differ slightly (full-size decode then antialiased resize, where the
-workers may decode at 1/2..1/8 scale; nvJPEG's IDCT is not libjpeg's): under 2 grey levels on average.
+workers may decode at 1/2..1/8 scale; nvJPEG's IDCT is not libjpeg's): 0.3-0.5 grey levels on average
+on CPU for 160 px and 500x375 JPEGs, none where the workers decode at full size too.
 Files the device cannot take (PNG and other formats, CMYK JPEGs, EXIF-rotated JPEGs) are decoded
 by the worker exactly as on the worker path. Unreadable files are named in Batch.skipped.
 
@@ -35,7 +41,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from distrib.config import RunConfig
 from distrib.data import PREFETCH_FACTOR, Batch, FolderDataset, Skipped, TrainSampler, sample_rng
-from distrib.images import Box, _orientation, load_train, open_image, rrc_box, skip_reason
+from distrib.images import Box, exif_orientation, load_train, open_image, rrc_box, skip_reason
 
 
 class Encoded(NamedTuple):
@@ -61,7 +67,7 @@ class EncodedBatch(NamedTuple):
 
 def device_decodable(img) -> bool:
     # The decoder gives raw pixels: no EXIF rotation (CUDA ignores it), and nvJPEG has no CMYK.
-    return img.format == "JPEG" and img.mode in ("RGB", "L") and _orientation(img) == 1
+    return img.format == "JPEG" and img.mode in ("RGB", "L") and exif_orientation(img) == 1
 
 
 class EncodedDataset(Dataset):

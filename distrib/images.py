@@ -138,7 +138,7 @@ def open_image(path: str) -> Iterator[Source]:
             yield Source(img, data)
 
 
-def _orientation(img: Image.Image) -> int:
+def exif_orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(0x0112, 1))
     except Exception:  # malformed EXIF: the pixels are still fine
@@ -147,7 +147,7 @@ def _orientation(img: Image.Image) -> int:
 
 def upright_size(img: Image.Image) -> tuple[int, int]:
     """Width and height as displayed, i.e. after the EXIF orientation is applied."""
-    return (img.height, img.width) if _orientation(img) in _TRANSPOSED else img.size
+    return (img.height, img.width) if exif_orientation(img) in _TRANSPOSED else img.size
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -173,7 +173,7 @@ def decode(src: Source, shrink: float):
 
     img = src.img
     s = next((s for s in (8, 4, 2) if s <= shrink), 1)
-    orientation = _orientation(img)
+    orientation = exif_orientation(img)
     if s == 1 and img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1:
         # The common case, full size: torchvision's libjpeg-turbo decoder writes straight into a
         # tensor, ~40% faster than PIL's decode + conversion to an array.
