@@ -19,7 +19,7 @@ STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command r
 def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     """`typed` is the user's own `distrain launch ...` line: what every node runs, kept in launch.json."""
     cfg.validate()
-    plan = topology.make_plan(cfg, topology.visible_gpus(), topology.in_slurm_allocation())
+    plan = topology.make_plan(cfg, topology.visible_gpus(), topology.allocation_nodes())
     # A dry run is often prepared for another machine: what it cannot see from here is only a warning.
     problems = preflight.cheap_checks(cfg, plan, here=not dry_run)
     fatal = [p for p in problems if not p.warning]

@@ -53,13 +53,16 @@ def visible_gpus(environ=None) -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
-def in_slurm_allocation(environ=None) -> bool:
-    """An salloc shell (or a batch script) holds SLURM_JOB_ID but is not itself a job step."""
+def allocation_nodes(environ=None) -> int | None:
+    """Nodes of the SLURM allocation this shell is in (salloc, or a batch script), None outside one.
+    A job step (srun) is not an allocation shell: distrain must not start steps from inside a step."""
     env = os.environ if environ is None else environ
-    return "SLURM_JOB_ID" in env and "SLURM_STEP_ID" not in env
+    if "SLURM_JOB_ID" not in env or "SLURM_STEP_ID" in env:
+        return None
+    return int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")))
 
 
-def make_plan(cfg: RunConfig, gpus_here: int, in_allocation: bool = False) -> Plan:
+def make_plan(cfg: RunConfig, gpus_here: int, allocated_nodes: int | None = None) -> Plan:
     """Resolve the topology from the options; whether this machine has the GPUs is preflight's question."""
     lo, hi = cfg.min_max_nodes()
     gpus = gpus_here if cfg.gpus is None else cfg.gpus
@@ -71,8 +74,12 @@ def make_plan(cfg: RunConfig, gpus_here: int, in_allocation: bool = False) -> Pl
         mode = "standalone"
         if cfg.slurm:
             mode = "slurm"
-        elif in_allocation and not cfg.rdzv_endpoint:
-            mode = "salloc"
+        elif allocated_nodes and not cfg.rdzv_endpoint:
+            mode = "salloc"  # the allocation decides the node count; a different --nodes is a mistake
+            if hi > 1 and (lo, hi) != (allocated_nodes, allocated_nodes):
+                raise ConfigError(f"--nodes {cfg.nodes} but this SLURM allocation has {allocated_nodes} node(s); "
+                                  f"drop --nodes or use --nodes {allocated_nodes}")
+            lo = hi = allocated_nodes
         elif hi > 1 or cfg.rdzv_endpoint:
             mode = "c10d"
             if not cfg.rdzv_endpoint:
@@ -119,5 +126,6 @@ def salloc_argv(plan: Plan, cfg: RunConfig, python: str, config_path: str, head:
     """Inside an salloc shell: one torchrun per allocated node, started by srun, rendezvous on the first node."""
     node_plan = Plan(**{**plan.__dict__, "mode": "c10d", "rdzv_endpoint": f"{head}:{20000 + int(job_id) % 20000}",
                         "rdzv_id": job_id})
-    srun = ["srun", f"--nodes={plan.max_nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    srun = ["srun", f"--nodes={plan.max_nodes}", f"--ntasks={plan.max_nodes}", "--ntasks-per-node=1",
+            "--kill-on-bad-exit=1"]
     return srun + torchrun_argv(node_plan, cfg, python, config_path)
