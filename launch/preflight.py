@@ -68,15 +68,20 @@ def check_resume(cfg: RunConfig) -> Check | None:
 
 
 def check_run_dir(cfg: RunConfig) -> Check:
-    folder = cfg.run_dir
+    """Write a scratch file where the run dir will be (or its nearest existing parent): creates nothing."""
+    folder = os.path.abspath(cfg.run_dir)
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test"):
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".distrain-write-test"):
             pass
     except OSError as e:
-        return Check("run dir", False, f"run dir {folder} is not writable ({e.strerror})",
+        return Check("run dir", False, f"run dir {cfg.run_dir} is not writable ({e.strerror})",
                      "pass --run-dir on a writable filesystem")
-    return Check("run dir", True, f"{folder} is writable")
+    return Check("run dir", True, f"{cfg.run_dir} is writable")
 
 
 def check_disk(cfg: RunConfig) -> Check:
