@@ -192,8 +192,9 @@ def main() -> None:
         print(f"  {name:9s} {result[f'{name}_images_per_sec']:8.2f} img/s over the epoch, "
               f"{result[f'{name}_median_step_images_per_sec']:.2f} at the median step; "
               f"train + validate: wall {result[f'{name}_wall_seconds']:.1f} s, CPU {result[f'{name}_cpu_seconds']:.0f} s")
-    print(f"  distrain / examples: {result['ratio']:.3f}x img/s over the epoch, {result['median_step_ratio']:.3f}x "
-          f"at the median step; {result['wall_ratio']:.3f}x less wall time, {result['cpu_ratio']:.3f}x less CPU time")
+    print(f"  distrain's speed / examples' (above 1: distrain is faster): {result['ratio']:.3f} over the epoch, "
+          f"{result['median_step_ratio']:.3f} at the median step, {result['wall_ratio']:.3f} in wall time, "
+          f"{result['cpu_ratio']:.3f} in CPU time")
 
 
 if __name__ == "__main__":

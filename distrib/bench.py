@@ -9,9 +9,10 @@ in words. `images_per_sec` is always the figure that answers the question asked:
 loader's, or the smaller of the two.
 
 What is measured is what training runs: the same model builder, SGD with momentum and weight decay,
-the same loaders and the same uint8 -> float normalisation (`to_device`). On CUDA the model step uses
-bf16 autocast and channels_last (train with `--amp bf16 --channels-last` to get it); on the CPU, fp32.
-Warm-up steps (allocator, cuDNN autotuning, worker start-up) are run but not timed.
+the same loaders and the same uint8 -> float normalisation (`to_device`), and training's precision
+defaults for the device (`distrib.train.resolve_precision`): bf16 autocast and channels_last on a GPU
+that supports bf16, fp32 on the CPU. Warm-up steps (allocator, cuDNN autotuning, worker start-up) are
+run but not timed.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_s
         check_dataset(data)
     import torch
 
+    from distrib.train import resolve_precision
+
     dev = _device(device)
-    cfg = RunConfig(data=data, synthetic=mode == "synthetic", arch=arch, image_size=image_size,
-                    batch_size=batch_size, workers=workers)
+    cfg = resolve_precision(RunConfig(data=data, synthetic=mode == "synthetic", arch=arch, image_size=image_size,
+                                      batch_size=batch_size, workers=workers), dev)
     result = {"mode": mode, "device": dev.type, "device_name": _device_name(dev), "arch": arch,
               "image_size": image_size, "batch_size": batch_size, "steps": steps,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -117,10 +120,11 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int) -> dict:
 
     from distrib.model import build_model
     from distrib.optim import build_optimizer, scaled_lr
+    from distrib.train import AMP_DTYPES
 
     cuda = dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if cuda else None
-    fmt = torch.channels_last if cuda else torch.contiguous_format
+    amp_dtype = AMP_DTYPES[cfg.amp]
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     torch.backends.cudnn.benchmark = True  # what training does when unseeded
     model = build_model(cfg.arch, num_classes, False, None, DistEnv()).to(dev, memory_format=fmt)
     model.train()
@@ -143,13 +147,8 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int) -> dict:
         _sync(dev)
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            _sync(dev)  # per step, so each time is the step's own; costs a launch gap per step on a GPU
-            times.append(time.perf_counter() - start)
-    except torch.OutOfMemoryError:
+        times = _time_steps(step, steps, dev)
+    except torch.cuda.OutOfMemoryError:  # an alias of torch.OutOfMemoryError where that exists
         raise ConfigError(f"--batch-size {cfg.batch_size} does not fit in {_device_name(dev)}'s memory with "
                           f"{cfg.arch} at {cfg.image_size} px; lower --batch-size") from None
     median = statistics.median(times)
@@ -165,11 +164,32 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int) -> dict:
         "step_time_ms": round(median * 1000, 3),
         "step_time_min_ms": round(min(times) * 1000, 3),
         "warmup_steps": warmup,
-        "amp": "bf16" if amp_dtype is not None else "off",
-        "channels_last": cuda,
+        "amp": cfg.amp,
+        "channels_last": cfg.channels_last,
         "peak_memory_mb": round(peak_mb, 1),
         "peak_memory_source": peak_source,
     }
+
+
+def _time_steps(step, steps: int, dev) -> list[float]:
+    """Seconds of each step. On a GPU, CUDA events between steps: the host queues the steps without
+    waiting, as training does, and each interval is the device's time from one step's end to the next's."""
+    if dev.type != "cuda":
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return times
+    import torch
+
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+    marks[0].record()
+    for mark in marks[1:]:
+        step()
+        mark.record()
+    torch.cuda.synchronize(dev)
+    return [a.elapsed_time(b) / 1000 for a, b in zip(marks, marks[1:])]
 
 
 # ---------------------------------------------------------------- the input pipeline
@@ -187,14 +207,14 @@ def measure_loader(cfg: RunConfig, dev, steps: int) -> dict:
     batches = _endless(loaders)
     try:
         started = time.perf_counter()
-        _consume(next(batches), dev)
+        _consume(next(batches), dev, cfg.channels_last)
         first_batch_s = time.perf_counter() - started
         images, skipped, times = 0, 0, []
         start = time.perf_counter()
         for _ in range(timed):
             t = time.perf_counter()
             batch = next(batches)
-            _consume(batch, dev)
+            _consume(batch, dev, cfg.channels_last)
             times.append(time.perf_counter() - t)
             images += batch.labels.numel()
             skipped += len(batch.skipped)
@@ -228,10 +248,10 @@ def _endless(loaders):
         epoch += 1
 
 
-def _consume(batch, dev) -> None:
+def _consume(batch, dev, channels_last: bool) -> None:
     from distrib.data import to_device
 
-    images, _ = to_device(batch, dev, channels_last=dev.type == "cuda")
+    images, _ = to_device(batch, dev, channels_last=channels_last)
     _sync(dev)
     del images
 
@@ -244,7 +264,8 @@ def describe(result: dict) -> str:
             f"on {result['device']} ({result['device_name']})")
     lines = []
     if "model_images_per_sec" in result:
-        precision = "bf16 autocast, channels_last" if result["amp"] == "bf16" else "fp32"
+        precision = ("fp32" if result["amp"] == "off" else f"{result['amp']} autocast") + (
+            ", channels_last" if result["channels_last"] else "")
         lines.append(f"model step: {result['model_images_per_sec']:.1f} img/s, median step "
                      f"{result['step_time_ms']:.1f} ms ({precision}; {result['steps']} steps after "
                      f"{result['warmup_steps']} warm-up); peak memory {result['peak_memory_mb']:.0f} MB "
@@ -266,6 +287,4 @@ def describe(result: dict) -> str:
             lines.append(f"compute-bound: the model takes {model:.1f} img/s, the loader gives {loader:.1f} img/s")
         if result["device"] == "cpu":
             lines.append("  on the CPU the loader and the model share the cores, so training runs slower than either")
-    if result["device"] == "cuda" and "model_images_per_sec" in result:
-        lines.append("  (train with --amp bf16 --channels-last to get this model step; the defaults are fp32, NCHW)")
     return "\n".join([head, *lines])
