@@ -126,27 +126,28 @@ def check(cli: dict, config: Optional[Path] = CONFIG_OPTION):
     raise typer.Exit(preflight.report(cfg, out=out))
 
 
+BENCH_OPTIONS = ("data", "synthetic", "arch", "image_size", "batch_size", "workers", "device")
+
+
 @app.command()
-def bench(data: Optional[Path] = typer.Option(None, "--data", help="ImageFolder root (real files)."),
-          synthetic: bool = typer.Option(False, "--synthetic", help="Measure the model step alone."),
+@run_options(TRAINING, RUNTIME, skip=tuple(f for f in RunConfig.__dataclass_fields__ if f not in BENCH_OPTIONS))
+def bench(cli: dict,
           loader_only: bool = typer.Option(False, "--loader-only", help="Measure the input pipeline alone."),
-          arch: str = typer.Option("resnet50", "--arch"), image_size: int = typer.Option(224, "--image-size"),
-          batch_size: int = typer.Option(32, "--batch-size"), workers: int = typer.Option(2, "--workers"),
-          device: str = typer.Option("auto", "--device"), steps: int = typer.Option(20, "--steps"),
-          json_out: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+          steps: int = typer.Option(20, "--steps", help="Timed steps (after warm-up)."),
+          json_out: bool = typer.Option(False, "--json", help="Print one JSON object (with images_per_sec).")):
     """Measured throughput: the model step, the input pipeline, or both and which one limits training."""
+    from dataclasses import asdict
+
     try:
-        if not synthetic and data is None:
+        cfg = {k: v for k, v in asdict(RunConfig(**cli)).items() if k in BENCH_OPTIONS}
+        if not cfg["synthetic"] and not cfg["data"]:
             raise ConfigError("bench needs --data DIR (real files) or --synthetic (model step only)")
-        if loader_only and data is None:
+        if loader_only and not cfg["data"]:
             raise ConfigError("--loader-only measures real files: pass --data DIR")
-        if data is not None and not data.is_dir():
-            raise ConfigError(f"--data {data} is not a directory")
-        archs.check_arch(arch)
+        archs.check_arch(cfg["arch"])
         from distrib import bench as b
 
-        result = b.run(data=str(data) if data else None, synthetic=synthetic, loader_only=loader_only, arch=arch,
-                       image_size=image_size, batch_size=batch_size, workers=workers, device=device, steps=steps)
+        result = b.run(loader_only=loader_only, steps=steps, **cfg)
     except ConfigError as e:
         raise fail(str(e)) from None
     if json_out:
@@ -168,8 +169,20 @@ def status(run_dir: Path = typer.Argument(..., help="Run directory.")):
         raise fail(str(e)) from None
 
 
-def main() -> None:  # python -m launch
-    app(prog_name="distrain")
+def main() -> None:
+    """The `distrain` console script: the Typer app, with usage errors (a bad choice, a non-number) as one
+    red line and exit 2, like every other bad input, instead of click's framed box."""
+    from typer.exceptions import TyperException
+
+    try:
+        code = app(prog_name="distrain", standalone_mode=False)
+    except TyperException as e:  # typer's vendored click.UsageError and friends
+        ctx, message = getattr(e, "ctx", None), e.format_message().rstrip(".")
+        if message:  # (bare `distrain` shows the help and has nothing to add)
+            hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            err.print(f"[bold red]error:[/] {message}{hint}", soft_wrap=True, markup=True)
+        raise SystemExit(getattr(e, "exit_code", 2)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

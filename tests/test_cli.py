@@ -144,3 +144,15 @@ def test_help_lists_the_commands_and_option_groups():
     launch_help = invoke("launch", "--help").stdout
     for panel in ("Topology", "SLURM cluster", "Training", "Examples"):
         assert panel in launch_help
+
+
+@pytest.mark.parametrize("args, message", [
+    (["launch", "--synthetic", "--amp", "fp8"], "Invalid value for '--amp'"),
+    (["launch", "--synthetic", "--epochs", "x"], "Invalid value for '--epochs'"),
+    (["launch", "--no-such-option"], "No such option"),
+])
+def test_usage_errors_are_one_line_through_the_real_command(args, message):
+    proc = subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
