@@ -281,8 +281,9 @@ def describe(result: dict) -> str:
     if result["mode"] == "both":
         loader, model = result["loader_images_per_sec"], result["model_images_per_sec"]
         if result["bound"] == "input":
+            hint = "more --workers (cores)" + (", or --decode device," if result["device"] == "cuda" else "")
             lines.append(f"input-bound: the loader gives {loader:.1f} img/s, the model takes {model:.1f} img/s; "
-                         "more --workers (cores), or a faster decode, would speed training up")
+                         f"{hint} would speed training up")
         else:
             lines.append(f"compute-bound: the model takes {model:.1f} img/s, the loader gives {loader:.1f} img/s")
         if result["device"] == "cpu":
