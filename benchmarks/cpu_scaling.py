@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_scaling.py                          # resnet18, 64 px, synthetic, 20 steps
     python benchmarks/cpu_scaling.py --procs 2 --threads-per-proc 4 --repeats 3 --json   # weak scaling, 8+ cores
+    python benchmarks/cpu_scaling.py --allreduce-mb          # gloo all-reduce of resnet18/resnet50 gradients
 
 Weak scaling, as training runs it: the batch per process is fixed (--batch-size), so 2 processes train
 a global batch twice as big; gloo all-reduces the gradients every step. Each run is one epoch of
@@ -51,6 +52,38 @@ def run(procs: int, threads: int, args, work: Path) -> dict:
     return {"images_per_sec": row["images_per_sec"], "epoch_seconds": row["epoch_seconds"], "wall_seconds": wall}
 
 
+ALLREDUCE_WORKER = """
+import statistics, sys, time, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(int(float(sys.argv[1]) * 2**20) // 4)  # float32 gradients of that many MB
+for _ in range(2):
+    dist.all_reduce(t)
+times = []
+for _ in range(int(sys.argv[2])):
+    dist.barrier()
+    start = time.perf_counter()
+    dist.all_reduce(t)
+    times.append(time.perf_counter() - start)
+if dist.get_rank() == 0:
+    print("SECONDS", statistics.median(times))
+dist.destroy_process_group()
+"""
+
+
+def allreduce_seconds(procs: int, megabytes: float, repeats: int = 8) -> float:
+    """Median time of one gloo all-reduce of `megabytes` of float32 over `procs` local processes (torchrun)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".py") as script:
+        script.write(ALLREDUCE_WORKER)
+        script.flush()
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+                script.name, str(megabytes), str(repeats)]
+        proc = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("SECONDS")), None)
+    if proc.returncode != 0 or line is None:
+        sys.exit(f"error: all-reduce benchmark failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return float(line.split()[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
@@ -64,8 +97,24 @@ def main() -> None:
     ap.add_argument("--threads-per-proc", type=int, help="the same thread count for every process, instead "
                     "of sharing --threads-total out (weak scaling; needs procs x this many cores)")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each, interleaved")
+    ap.add_argument("--allreduce-mb", type=float, nargs="*", metavar="MB",
+                    help="instead: time a gloo all-reduce of MB MiB of float32 across --procs processes (resnet18's "
+                         "gradients are 44.6 MiB, resnet50's 97.5 MiB; default both)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
+    if args.allreduce_mb is not None:
+        sizes = args.allreduce_mb or [44.6, 97.5]
+        seconds = {mb: allreduce_seconds(args.procs, mb) for mb in sizes}
+        result = {"procs": args.procs, "backend": "gloo",
+                  "allreduce": [{"megabytes": mb, "seconds": round(t, 4), "gb_per_sec": round(mb * 2**20 / 1e9 / t, 3)}
+                                for mb, t in seconds.items()]}
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for row in result["allreduce"]:
+                print(f"gloo all-reduce of {row['megabytes']} MiB across {args.procs} local processes: "
+                      f"{row['seconds'] * 1000:.0f} ms (median of 8), {row['gb_per_sec']:.2f} GB/s")
+        return
 
     if args.procs < 2:
         sys.exit("error: --procs must be at least 2 (it is compared with 1)")
@@ -102,7 +151,8 @@ def main() -> None:
     print(f"  --procs 1 (OMP_NUM_THREADS={configs[1]}):              {one:8.1f} img/s")
     print(f"  --procs {args.procs} (OMP_NUM_THREADS={configs[args.procs]} each, gloo): {many:8.1f} img/s")
     print(f"  speedup {result['speedup']:.3f}x, scaling efficiency {result['efficiency']:.1%}"
-          + ("" if args.threads_per_proc else f" (the same {args.threads_total} cores for both: the ideal speedup is 1)"))
+          + ("" if args.threads_per_proc
+             else f" (the same {args.threads_total} cores for both: the ideal speedup is 1)"))
 
 
 if __name__ == "__main__":

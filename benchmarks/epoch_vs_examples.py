@@ -7,9 +7,12 @@ main.py is not part of distrain: fetch it from github.com/pytorch/examples (imag
 outside this repository. Without --data, an ImageFolder of photo-like JPEGs is written to a temp dir
 (10 classes x 40 train / 10 val, 500x375, quality 90: the size of a typical ImageNet file).
 
-Both run as they would for a user, one epoch of training then validation, as subprocesses on the CPU,
+Both run as they would for a user, one epoch of training then validation, as subprocesses on the CPU
+(or, with --device cuda, on GPU 0, distrain in fp32 NCHW like examples unless --distrain-gpu-defaults),
 in ABBA order per pair of repeats (examples, distrain, distrain, examples, ...), so that a neighbour's
-load on a shared machine, or a drift in it, hits both alike. Measured for each:
+load on a shared machine, or a drift in it, hits both alike. With --simultaneous each pair runs at the
+same time instead, half the cores each: on a machine whose load comes and goes within minutes, this is
+the fairest comparison (both see the same load; they also compete with each other, alike). Measured:
 - images/s over the epoch: the epoch's training images over its time, including the wait for the first
   batch. distrain's is metrics.jsonl's images_per_sec; examples' is its images over the sum of its
   printed per-batch times (`-p 1` prints every batch). This is the figure the comparison is about.
@@ -29,15 +32,16 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -73,51 +77,74 @@ def count_images(split_dir: Path) -> int:
     return sum(1 for p in split_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
-def timed(argv: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
-    """Wall seconds, CPU seconds (user + sys of the process and its data workers) and stdout of one run."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        sys.exit(f"error: {argv[1]} {argv[2]} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, proc.stdout
+class Job(NamedTuple):
+    argv: list[str]
+    cwd: Path
+    parse: Callable[[str, float, float], dict]  # (output, wall seconds, CPU seconds) -> measurements
 
 
-def run_examples(args, data: Path, work: Path, env: dict, train_images: int) -> dict:
-    """main.py writes checkpoint.pth.tar into its cwd: give it a scratch one."""
-    cwd = Path(tempfile.mkdtemp(dir=work, prefix="examples-"))
+def run_jobs(jobs: list[Job], env: dict) -> list[dict]:
+    """Run the jobs at the same time (one job: alone) and wait for all of them. Each job's CPU time is
+    user + sys of its process and of the data workers it reaped."""
+
+    def one(job: Job) -> dict:
+        with tempfile.TemporaryFile(mode="w+") as out:
+            start = time.perf_counter()
+            proc = subprocess.Popen(job.argv, cwd=job.cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            text = out.read()
+        if proc.returncode != 0:
+            sys.exit(f"error: {' '.join(job.argv[1:3])} exited {proc.returncode}:\n{text[-4000:]}")
+        return job.parse(text, wall, usage.ru_utime + usage.ru_stime)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(one, jobs))
+
+
+def examples_job(args, data: Path, work: Path, train_images: int) -> Job:
+    cwd = Path(tempfile.mkdtemp(dir=work, prefix="examples-"))  # main.py writes checkpoint.pth.tar here
     argv = [sys.executable, str(Path(args.examples_main).resolve()), "-a", args.arch, "-b", str(args.batch_size),
             "-j", str(args.workers), "--epochs", "1", "-p", "1", str(data)]
-    wall, cpu, stdout = timed(argv, cwd, env)
-    steps = [m for m in map(EXAMPLES_STEP.match, stdout.splitlines()) if m]
-    if not steps:
-        sys.exit(f"error: no per-batch lines found in main.py's output; is it pytorch/examples' "
-                 f"imagenet/main.py?\n{stdout[-2000:]}")
-    times = [float(m.group(3)) for m in steps]
-    full = times[: train_images // args.batch_size]  # examples keeps a last, smaller batch: not a full step
-    return {"images_per_sec": train_images / sum(times), "step_seconds": full[1:],
-            "epoch_seconds": sum(times), "data_wait_seconds": sum(float(m.group(4)) for m in steps),
-            "images": train_images, "wall_seconds": wall, "cpu_seconds": cpu}
+    if args.device == "cuda":
+        argv[2:2] = ["--gpu", "0"]  # one GPU, no DataParallel: what distrain runs with one process
+
+    def parse(output: str, wall: float, cpu: float) -> dict:
+        steps = [m for m in map(EXAMPLES_STEP.match, output.splitlines()) if m]
+        if not steps:
+            sys.exit(f"error: no per-batch lines found in main.py's output; is it pytorch/examples' "
+                     f"imagenet/main.py?\n{output[-2000:]}")
+        times = [float(m.group(3)) for m in steps]
+        full = times[: train_images // args.batch_size]  # examples keeps a last, smaller batch: not a full step
+        return {"images_per_sec": train_images / sum(times), "step_seconds": full[1:],
+                "epoch_seconds": sum(times), "data_wait_seconds": sum(float(m.group(4)) for m in steps),
+                "images": train_images, "wall_seconds": wall, "cpu_seconds": cpu}
+
+    return Job(argv, cwd, parse)
 
 
-def run_distrain(args, data: Path, work: Path, env: dict) -> dict:
+def distrain_job(args, data: Path, work: Path) -> Job:
     run_dir = Path(tempfile.mkdtemp(dir=work, prefix="distrain-"))
     argv = [sys.executable, "-m", "launch", "train", "--data", str(data), "--arch", args.arch,
             "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--epochs", "1",
-            "--image-size", str(args.image_size), "--device", "cpu", "--run-dir", str(run_dir),
+            "--image-size", str(args.image_size), "--device", args.device, "--run-dir", str(run_dir),
             "--resume", "never", "--log-interval", "1"]
-    wall, cpu, _ = timed(argv, REPO, env)
-    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    # rank 0's log stamps every progress line to the millisecond; a line is written as its step ends.
-    log = (run_dir / "logs" / "rank0.log").read_text().splitlines()
-    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f") for m in map(DISTRAIN_STEP.match, log) if m]
-    return {"images_per_sec": row["images_per_sec"],
-            "step_seconds": [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])],
-            "epoch_seconds": row["epoch_seconds"], "images": round(row["images_per_sec"] * row["epoch_seconds"]),
-            "wall_seconds": wall, "cpu_seconds": cpu}
+    if args.device == "cuda" and not args.distrain_gpu_defaults:
+        argv += ["--amp", "off", "--channels-last", "false"]  # examples' main.py trains in fp32, NCHW
+
+    def parse(output: str, wall: float, cpu: float) -> dict:
+        row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        # rank 0's log stamps every progress line to the millisecond; a line is written as its step ends.
+        log = (run_dir / "logs" / "rank0.log").read_text().splitlines()
+        stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f") for m in map(DISTRAIN_STEP.match, log) if m]
+        return {"images_per_sec": row["images_per_sec"],
+                "step_seconds": [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])],
+                "epoch_seconds": row["epoch_seconds"], "images": round(row["images_per_sec"] * row["epoch_seconds"]),
+                "wall_seconds": wall, "cpu_seconds": cpu}
+
+    return Job(argv, REPO, parse)
 
 
 def main() -> None:
@@ -129,6 +156,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each, interleaved")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: both on GPU 0 (examples with --gpu 0, distrain fp32 NCHW like it)")
+    ap.add_argument("--simultaneous", action="store_true",
+                    help="run each pair at the same time, half the cores each (OMP_NUM_THREADS), instead of one "
+                         "after the other: on a machine others load too, both then see the same load")
+    ap.add_argument("--distrain-gpu-defaults", action="store_true",
+                    help="with --device cuda, let distrain use its GPU defaults (bf16 autocast, channels_last)")
     ap.add_argument("--classes", type=int, default=10, help="generated data: classes")
     ap.add_argument("--train-per-class", type=int, default=40, help="generated data: training images per class")
     ap.add_argument("--val-per-class", type=int, default=10, help="generated data: validation images per class")
@@ -137,6 +171,8 @@ def main() -> None:
     if not os.path.isfile(args.examples_main):
         sys.exit(f"error: --examples-main {args.examples_main}: no such file; save pytorch/examples' "
                  "imagenet/main.py outside this repository and point at it")
+    if args.simultaneous and args.device == "cuda":
+        sys.exit("error: --simultaneous shares the CPU cores; on a GPU run the two one after the other")
     if args.image_size != 224:
         sys.exit("error: examples' main.py always trains at 224 px; compare at --image-size 224")
 
@@ -145,27 +181,35 @@ def main() -> None:
         data = Path(args.data) if args.data else make_data(work / "data", args.classes, args.train_per_class,
                                                             args.val_per_class)
         train_images = count_images(data / "train")
-        # Same environment for both; CUDA hidden so that both take their CPU path on any machine.
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
+        # Same environment for both; on the CPU, CUDA is hidden so that both take their CPU path anywhere.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        if args.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        if args.simultaneous:  # half the cores each
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
         runs: dict[str, list[dict]] = {"examples": [], "distrain": []}
-        runners = {"examples": lambda: run_examples(args, data, work, env, train_images),
-                   "distrain": lambda: run_distrain(args, data, work, env)}
         for i in range(args.repeats):
-            order = ("examples", "distrain") if i % 2 == 0 else ("distrain", "examples")  # ABBA
-            for name in order:
-                runs[name].append(runners[name]())
-                if not args.json:
-                    r = runs[name][-1]
-                    print(f"  {name:9s} run {i + 1}: {r['images_per_sec']:7.2f} img/s training, "
-                          f"wall {r['wall_seconds']:6.1f} s", file=sys.stderr, flush=True)
+            jobs = {"examples": examples_job(args, data, work, train_images),
+                    "distrain": distrain_job(args, data, work)}
+            if args.simultaneous:  # both at once: whatever else loads the machine, loads both
+                batches = [("examples", "distrain")]
+            else:  # ABBA
+                batches = [("examples",), ("distrain",)] if i % 2 == 0 else [("distrain",), ("examples",)]
+            for names in batches:
+                for name, r in zip(names, run_jobs([jobs[n] for n in names], env)):
+                    runs[name].append(r)
+                    if not args.json:
+                        print(f"  {name:9s} run {i + 1}: {r['images_per_sec']:7.2f} img/s training, "
+                              f"wall {r['wall_seconds']:6.1f} s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     def pooled(name: str) -> float:  # all repeats' images over all repeats' epoch seconds
         return sum(r["images"] for r in runs[name]) / sum(r["epoch_seconds"] for r in runs[name])
 
-    result = {"arch": args.arch, "batch_size": args.batch_size, "workers": args.workers,
+    result = {"device": args.device, "simultaneous": args.simultaneous, "threads": env.get("OMP_NUM_THREADS"),
+              "arch": args.arch, "batch_size": args.batch_size, "workers": args.workers,
               "image_size": args.image_size, "repeats": args.repeats, "train_images": train_images,
               "data": args.data or f"generated: {args.classes} classes x {args.train_per_class} train / "
                                    f"{args.val_per_class} val JPEGs, 500x375"}
@@ -187,11 +231,14 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"{args.arch}, batch {args.batch_size}, {args.workers} workers, {args.image_size} px, "
-          f"{train_images} training images, {args.repeats} interleaved run(s) of each, CPU")
+          f"{train_images} training images, {args.repeats} run(s) of each "
+          f"{'side by side, ' + result['threads'] + ' thread(s) each' if args.simultaneous else 'interleaved'}, "
+          f"{args.device}")
     for name in runs:
         print(f"  {name:9s} {result[f'{name}_images_per_sec']:8.2f} img/s over the epoch, "
               f"{result[f'{name}_median_step_images_per_sec']:.2f} at the median step; "
-              f"train + validate: wall {result[f'{name}_wall_seconds']:.1f} s, CPU {result[f'{name}_cpu_seconds']:.0f} s")
+              f"train + validate: wall {result[f'{name}_wall_seconds']:.1f} s, "
+              f"CPU {result[f'{name}_cpu_seconds']:.0f} s")
     print(f"  distrain's speed / examples' (above 1: distrain is faster): {result['ratio']:.3f} over the epoch, "
           f"{result['median_step_ratio']:.3f} at the median step, {result['wall_ratio']:.3f} in wall time, "
           f"{result['cpu_ratio']:.3f} in CPU time")

@@ -153,9 +153,9 @@ def bench(cli: dict,
     if json_out:
         import json
 
-        out.print(json.dumps(result), soft_wrap=True)
+        out.print(json.dumps(result), soft_wrap=True, markup=False, highlight=False)  # paths may hold [brackets]
     else:
-        out.print(b.describe(result), soft_wrap=True)
+        out.print(b.describe(result), soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
