@@ -1,13 +1,16 @@
 """Training-loader throughput: distrain's loader against torchvision's reference pipeline, same files.
 
-    python benchmarks/loader_bench.py                    # 256 JPEGs each of 500x375 and 2048x1536, in a temp dir
+    python benchmarks/loader_bench.py                    # 1024 JPEGs of 500x375, 256 of 2048x1536, in a temp dir
     python benchmarks/loader_bench.py --dir /tmp/lb --count 512 --workers 4 --json
 
 The reference is the classic ImageNet recipe: ImageFolder + Compose([RandomResizedCrop(224),
 RandomHorizontalFlip(), ToTensor(), Normalize(...)]) in a DataLoader. Ours is
 distrib.data.build_loaders plus to_device on the CPU (its float conversion and normalisation are
 work the reference does in its workers, so they count). Both use the same batch size and worker
-count, persistent workers, and one untimed warm-up pass (worker start-up, page cache).
+count, persistent workers, and one untimed warm-up pass (worker start-up, page cache). Timed passes
+alternate between the two; the ratio printed is the median of the per-pass ratios, and the rates the
+medians of the per-pass rates. CPU ms per image (the loader's workers plus the main process, from
+/proc) is printed beside them: it is the work done, and moves little when neighbours take the cores.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +38,7 @@ from distrib.env import DistEnv  # noqa: E402
 
 SIZES = {"500x375": (500, 375), "2048x1536": (2048, 1536)}
 TARGETS = {"500x375": 1.5, "2048x1536": 2.0}
+COUNTS = {"500x375": 1024, "2048x1536": 256}
 
 
 def photo_like(w: int, h: int, rng: np.random.Generator) -> Image.Image:
@@ -91,26 +96,67 @@ def distrain_runner(root: Path, args):
     return run_pass
 
 
-def images_per_second(root: Path, args) -> dict[str, float]:
-    """Both loaders, one untimed warm-up pass each, then timed passes taken in turns, so that a
-    neighbour's load on a shared machine hits both alike."""
-    runners = {"reference": reference_runner(root, args), "distrain": distrain_runner(root, args)}
-    for run_pass in runners.values():
-        run_pass(0)
-    seconds, images = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0)
+def child_pids() -> set[int]:
+    """This process's children (the loaders' workers), from /proc; empty where there is no /proc."""
+    me, pids = os.getpid(), set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            if entry.isdigit() and int(_stat(int(entry))[1]) == me:
+                pids.add(int(entry))
+        except OSError:  # exited meanwhile
+            pass
+    return pids
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pids: set[int]) -> float:
+    """CPU time (user + sys) of this process and of `pids` so far: work done, whatever else runs."""
+    ticks = sum(int(f[11]) + int(f[12]) for f in map(_stat, pids))
+    return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure(root: Path, args) -> dict[str, dict[str, list[float]]]:
+    """Both loaders, one untimed warm-up pass each (which starts their persistent workers), then timed
+    passes taken in turns, so that a neighbour's load on a shared machine hits both alike.
+    Per loader and pass: images/s, and CPU ms per image of its workers plus the main process."""
+    runners, workers = {}, {}
+    for name, make in (("reference", reference_runner), ("distrain", distrain_runner)):
+        before = child_pids()
+        runners[name] = make(root, args)
+        runners[name](0)
+        workers[name] = child_pids() - before
+    out = {name: {"img_s": [], "cpu_ms": []} for name in runners}
     for epoch in range(1, args.passes + 1):
         for name, run_pass in runners.items():
-            start = time.perf_counter()
-            images[name] += run_pass(epoch)
-            seconds[name] += time.perf_counter() - start
-    return {name: images[name] / seconds[name] for name in runners}
+            cpu, start = cpu_seconds(workers[name]), time.perf_counter()
+            images = run_pass(epoch)
+            out[name]["img_s"].append(images / (time.perf_counter() - start))
+            out[name]["cpu_ms"].append((cpu_seconds(workers[name]) - cpu) / images * 1e3)
+    return out
+
+
+def summarise(m: dict, target: float) -> dict:
+    """Medians over passes. The ratio is the median of the per-pass ratios (the two loaders ran back to
+    back): a pass that a neighbour slowed moves a mean a lot and the median hardly."""
+    ref, ours = m["reference"], m["distrain"]
+    ratios = [b / a for a, b in zip(ref["img_s"], ours["img_s"])]
+    cpu_ratios = [a / b for a, b in zip(ref["cpu_ms"], ours["cpu_ms"])]
+    med = statistics.median
+    return {"reference_img_s": round(med(ref["img_s"]), 1), "distrain_img_s": round(med(ours["img_s"]), 1),
+            "ratio": round(med(ratios), 2), "pass_ratios": [round(r, 2) for r in ratios], "target": target,
+            "reference_cpu_ms_per_image": round(med(ref["cpu_ms"]), 2),
+            "distrain_cpu_ms_per_image": round(med(ours["cpu_ms"]), 2), "cpu_ratio": round(med(cpu_ratios), 2)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", help="where the JPEGs go (kept); default: a temp dir, removed")
-    ap.add_argument("--count", type=int, default=256, help="training JPEGs per image size")
-    ap.add_argument("--passes", type=int, default=3, help="timed passes over the files")
+    ap.add_argument("--count", type=int, help="training JPEGs per image size (default: 1024 of 500x375, "
+                    "256 of 2048x1536: a pass of each reference loader takes a few seconds)")
+    ap.add_argument("--passes", type=int, default=5, help="timed passes over the files (medians are reported)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=224)
@@ -122,23 +168,23 @@ def main() -> None:
     base = Path(args.dir or tmp.name)
     results = {}
     for name, size in SIZES.items():
-        root = make_jpegs(base / name, size, args.count)
-        rates = images_per_second(root, args)
-        ref, ours = rates["reference"], rates["distrain"]
-        results[name] = {"reference_img_s": round(ref, 1), "distrain_img_s": round(ours, 1),
-                         "ratio": round(ours / ref, 2), "target": TARGETS[name]}
+        root = make_jpegs(base / name, size, args.count or COUNTS[name])
+        results[name] = summarise(measure(root, args), TARGETS[name])
     if tmp:
         tmp.cleanup()
 
     meta = {"workers": args.workers, "batch_size": args.batch_size, "image_size": args.image_size,
-            "count": args.count, "passes": args.passes, "cpus": os.cpu_count()}
+            "count": args.count or COUNTS, "passes": args.passes, "cpus": os.cpu_count()}
     if args.json:
         print(json.dumps({**meta, "results": results}))
         return
-    print(f"{'JPEG size':<12}{'torchvision img/s':>19}{'distrain img/s':>16}{'ratio':>8}{'target':>8}")
+    print(f"{'JPEG size':<12}{'torchvision img/s':>19}{'distrain img/s':>16}{'ratio':>8}{'target':>8}"
+          f"{'CPU ms/img':>16}{'CPU ratio':>11}")
     for name, r in results.items():
+        cpu = f"{r['reference_cpu_ms_per_image']:.2f} / {r['distrain_cpu_ms_per_image']:.2f}"
         print(f"{name:<12}{r['reference_img_s']:>19.1f}{r['distrain_img_s']:>16.1f}"
-              f"{r['ratio']:>7.2f}x{r['target']:>7.1f}x")
+              f"{r['ratio']:>7.2f}x{r['target']:>7.1f}x{cpu:>16}{r['cpu_ratio']:>10.2f}x")
+        print(f"{'':<12}per-pass ratios: {', '.join(map(str, r['pass_ratios']))}")
     print(", ".join(f"{k}={v}" for k, v in meta.items()))
 
 
