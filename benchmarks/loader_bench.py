@@ -97,15 +97,20 @@ def distrain_runner(root: Path, args):
 
 
 def child_pids() -> set[int]:
-    """This process's children (the loaders' workers), from /proc; empty where there is no /proc."""
-    me, pids = os.getpid(), set()
+    """This process's descendants (the loaders' workers: distrain's come from a fork server, so they
+    are grandchildren), from /proc; empty where there is no /proc."""
+    parents = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         try:
-            if entry.isdigit() and int(_stat(int(entry))[1]) == me:
-                pids.add(int(entry))
+            if entry.isdigit():
+                parents[int(entry)] = int(_stat(int(entry))[1])
         except OSError:  # exited meanwhile
             pass
-    return pids
+    found, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
 
 
 def _stat(pid: int) -> list[str]:

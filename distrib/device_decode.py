@@ -41,6 +41,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from distrib.config import RunConfig
 from distrib.data import PREFETCH_FACTOR, Batch, FolderDataset, Skipped, TrainSampler, sample_rng
+from distrib.workers import worker_context
 from distrib.images import Box, exif_orientation, load_train, open_image, rrc_box, skip_reason
 
 
@@ -199,5 +200,6 @@ def device_loader(folder: FolderDataset, sampler: TrainSampler, cfg: RunConfig, 
     workers = cfg.workers
     loader = DataLoader(EncodedDataset(folder), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         collate_fn=CollateEncoded(cfg.image_size), num_workers=workers, pin_memory=pin_memory,
-                        persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None)
+                        persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
+                        multiprocessing_context=worker_context() if workers > 0 else None)
     return DeviceDecodeLoader(loader, device, cfg.image_size)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 
+from distrib import workers
 from distrib.config import ConfigError, RunConfig, write_run_config
 from launch import preflight, topology
 from launch.run_local import run, write_launch_record
@@ -117,6 +118,7 @@ def train_in_place(cfg: RunConfig, out, warn) -> int:
         if not p.warning:
             raise ConfigError(p.message)
     os.makedirs(cfg.run_dir, exist_ok=True)
+    workers.start_server(cfg.workers)  # the loader workers' fork server imports torch beside us
     from distrib import train  # torch is imported here, only when a rank really runs
 
     if int(os.environ.get("RANK", "0")) == 0:
@@ -141,6 +143,7 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) 
     config_path = os.path.join(run_dir, "config.toml")
     write_run_config(cfg, config_path)
     if plan.world_size == 1:
+        workers.start_server(cfg.workers)
         from distrib import evaluate as ev
 
         ev.main(str(checkpoint), cfg, as_json)

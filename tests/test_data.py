@@ -241,6 +241,8 @@ def test_loader_settings(data):
     for loader in (loaders.train, loaders.val):
         assert loader.num_workers == 2 and loader.persistent_workers and loader.pin_memory
         assert loader.prefetch_factor >= 2
+        # workers come from a fork server, never forked from a rank that has gloo/OpenMP threads
+        assert loader.multiprocessing_context.get_start_method() == "forkserver"
     assert loaders.train.drop_last and not loaders.val.drop_last
     assert (loaders.num_train, loaders.num_val) == (96, 29) and loaders.classes == check_dataset(str(data))
     assert len(loaders.train) == 96 // 8 and len(loaders.train_sampler) == 96
