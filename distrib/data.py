@@ -33,7 +33,7 @@ from distrib.config import ConfigError, RunConfig
 from distrib.env import DistEnv
 from distrib.images import load_train, load_val, skip_reason
 from distrib.layout import IMG_EXTENSIONS, check_dataset
-from distrib.workers import worker_context
+from distrib.workers import loader_options
 
 __all__ = ["Batch", "Loaders", "TrainSampler", "ValSampler", "build_loaders", "to_device", "check_dataset"]
 
@@ -269,7 +269,7 @@ def _loader(dataset: Dataset, sampler: Sampler, cfg: RunConfig, pin_memory: bool
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
                       collate_fn=Collate(cfg.image_size), num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
-                      multiprocessing_context=worker_context() if workers > 0 else None)
+                      **loader_options(workers))
 
 
 def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool, device: torch.device | None = None) -> Loaders:

@@ -41,7 +41,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from distrib.config import RunConfig
 from distrib.data import PREFETCH_FACTOR, Batch, FolderDataset, Skipped, TrainSampler, sample_rng
-from distrib.workers import worker_context
+from distrib.workers import loader_options
 from distrib.images import Box, exif_orientation, load_train, open_image, rrc_box, skip_reason
 
 
@@ -201,5 +201,5 @@ def device_loader(folder: FolderDataset, sampler: TrainSampler, cfg: RunConfig, 
     loader = DataLoader(EncodedDataset(folder), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         collate_fn=CollateEncoded(cfg.image_size), num_workers=workers, pin_memory=pin_memory,
                         persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
-                        multiprocessing_context=worker_context() if workers > 0 else None)
+                        **loader_options(workers))
     return DeviceDecodeLoader(loader, device, cfg.image_size)

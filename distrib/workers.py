@@ -1,20 +1,30 @@
 """How data-loader workers start: from a fork server, never by forking a rank. Imports no torch.
 
     start_server(cfg.workers)            # early in a rank, so the server imports while the rank sets up
-    DataLoader(..., multiprocessing_context=worker_context())
+    DataLoader(..., **loader_options(cfg.workers))
 
 By the time its loaders start, a rank has gloo, OpenMP and TensorBoard threads, and fork() copies any
 lock one of them holds at that instant: a worker forked then can hang for good (seen once in CI, a
 validation worker stuck inside os.fork). The fork server is a fresh single-threaded process that
 imports distrib.data (torch included) once; workers forked from it start in milliseconds. Python 3.14
 makes forkserver the default on Linux for the same reason.
+
+A worker started that way is the server's child, not the rank's, so DataLoader's own check ("is my
+parent alive?") watches the server, which in turn lives as long as any worker holds its pipe: a rank
+killed with SIGKILL would leave both running for good. Each worker therefore watches its rank itself
+(`exit_with`) and ends when the rank ends, however it ends.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
+import os
+import select
+import threading
+import time
 
 PRELOAD = ["distrib.data"]  # what every worker needs, imported once in the server
 
@@ -37,3 +47,35 @@ def worker_context() -> multiprocessing.context.BaseContext | None:
         return None  # the platform's default (spawn)
     start_server()
     return multiprocessing.get_context("forkserver")
+
+
+def loader_options(workers: int) -> dict:
+    """DataLoader keyword arguments for how this process's loader workers start and end."""
+    if workers == 0:
+        return {}
+    return {"multiprocessing_context": worker_context(), "worker_init_fn": functools.partial(exit_with, os.getpid())}
+
+
+def exit_with(rank_pid: int, _worker_id: int) -> None:
+    """In a worker (DataLoader's worker_init_fn): end this process as soon as the rank `rank_pid` ends."""
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(rank_pid)  # readable once the process has exited; no polling
+            select.select([fd], [], [])
+        except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3), or the rank is already gone
+            while _alive(rank_pid):
+                time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-rank", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -44,8 +44,8 @@ def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None
 
 
 def rank_pids(config) -> dict[int, int]:
-    """{RANK: pid} of the training processes of the run whose config.toml this is (not their data workers,
-    which are forks with the same command line and environment)."""
+    """{RANK: pid} of the training processes of the run whose config.toml this is (not their data workers:
+    those come from a fork server and carry its command line, but a forked child would carry this one)."""
     out = subprocess.run(["pgrep", "-f", f"distrib train {config}"], capture_output=True, text=True).stdout
     pids = {pid for pid in map(int, out.split())  # leave out torchrun agents: their argv names it too
             if b"torch.distributed.run" not in _read(f"/proc/{pid}/cmdline")}

@@ -229,3 +229,39 @@ def test_bad_input_slurm_options(tmp_path):
         proc = distrain("launch", "--slurm", "--synthetic", "--run-dir", tmp_path / "r", *args)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.all, proc.all
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Live processes whose environment holds `marker` (a rank, its workers, their fork server)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/environ").read_bytes():
+                if Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def test_loader_workers_end_when_their_rank_is_killed(imagefolder, tmp_path):
+    """SIGKILL leaves a rank no chance to stop its data workers, and workers started by the fork server
+    are not its children: they must notice on their own, and the fork server must go with them."""
+    marker = f"DISTRAIN_TEST_MARK={os.getpid()}-{time.monotonic_ns()}"
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", marker.split("=")[0]: marker.split("=")[1]}
+    rank = subprocess.Popen([sys.executable, "-m", "launch", "train", "--data", str(imagefolder), "--run-dir",
+                             str(run_dir), "--epochs", "50", "--device", "cpu", *TINY], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run_dir / "logs" / "rank0.log"
+    wait_for(lambda: log.exists() and " step " in log.read_text(), timeout=120, proc=rank)
+    assert len(processes_with_env(marker)) >= 3  # the rank, its fork server, its worker(s)
+    rank.kill()
+    rank.wait()
+    deadline = time.monotonic() + 15
+    while processes_with_env(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = processes_with_env(marker)
+    for pid in left:  # do not leak them into the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after the rank was killed: {left}"
