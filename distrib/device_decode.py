@@ -41,8 +41,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from distrib.config import RunConfig
 from distrib.data import PREFETCH_FACTOR, Batch, FolderDataset, Skipped, TrainSampler, sample_rng
-from distrib.workers import loader_options
 from distrib.images import Box, exif_orientation, load_train, open_image, rrc_box, skip_reason
+from distrib.workers import loader_options
 
 
 class Encoded(NamedTuple):

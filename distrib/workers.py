@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-import multiprocessing.context
 import multiprocessing.forkserver
 import os
 import select
@@ -33,7 +32,7 @@ def available() -> bool:
     return "forkserver" in multiprocessing.get_all_start_methods()  # not on Windows
 
 
-def start_server(workers: int = 1) -> None:
+def start_server(workers: int) -> None:
     """Start this process's fork server now, if it will have loader workers (idempotent). Called
     before the rank imports torch, the server's imports overlap the rank's own."""
     if workers > 0 and available():
@@ -41,19 +40,13 @@ def start_server(workers: int = 1) -> None:
         multiprocessing.forkserver.ensure_running()
 
 
-def worker_context() -> multiprocessing.context.BaseContext | None:
-    """The context for DataLoader(multiprocessing_context=...): forkserver where there is one."""
-    if not available():
-        return None  # the platform's default (spawn)
-    start_server()
-    return multiprocessing.get_context("forkserver")
-
-
 def loader_options(workers: int) -> dict:
     """DataLoader keyword arguments for how this process's loader workers start and end."""
-    if workers == 0:
-        return {}
-    return {"multiprocessing_context": worker_context(), "worker_init_fn": functools.partial(exit_with, os.getpid())}
+    if workers == 0 or not available():
+        return {}  # no workers; or spawn (Windows): workers are the rank's children, DataLoader watches it
+    start_server(workers)
+    return {"multiprocessing_context": multiprocessing.get_context("forkserver"),
+            "worker_init_fn": functools.partial(exit_with, os.getpid())}
 
 
 def exit_with(rank_pid: int, _worker_id: int) -> None:
@@ -76,6 +69,6 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, owned by someone else
+        pass
     return True

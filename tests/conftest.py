@@ -44,21 +44,17 @@ def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None
 
 
 def rank_pids(config) -> dict[int, int]:
-    """{RANK: pid} of the training processes of the run whose config.toml this is (not their data workers:
-    those come from a fork server and carry its command line, but a forked child would carry this one)."""
+    """{RANK: pid} of the training processes of the run whose config.toml this is. Their data workers
+    come from a fork server (distrib/workers.py) and carry its command line, so pgrep leaves them out."""
     out = subprocess.run(["pgrep", "-f", f"distrib train {config}"], capture_output=True, text=True).stdout
     pids = {pid for pid in map(int, out.split())  # leave out torchrun agents: their argv names it too
             if b"torch.distributed.run" not in _read(f"/proc/{pid}/cmdline")}
     ranks = {}
     for pid in pids:
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        parent = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-        if parent in pids:
-            continue  # a DataLoader worker of a rank
         for item in env:
             if item.startswith(b"RANK="):
                 ranks[int(item[5:])] = pid

@@ -247,9 +247,10 @@ def processes_with_env(marker: str) -> list[int]:
 def test_loader_workers_end_when_their_rank_is_killed(imagefolder, tmp_path):
     """SIGKILL leaves a rank no chance to stop its data workers, and workers started by the fork server
     are not its children: they must notice on their own, and the fork server must go with them."""
-    marker = f"DISTRAIN_TEST_MARK={os.getpid()}-{time.monotonic_ns()}"
+    value = f"{os.getpid()}-{time.monotonic_ns()}"
+    marker = f"DISTRAIN_TEST_MARK={value}"  # inherited by the rank, its fork server and their workers
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", marker.split("=")[0]: marker.split("=")[1]}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "DISTRAIN_TEST_MARK": value}
     rank = subprocess.Popen([sys.executable, "-m", "launch", "train", "--data", str(imagefolder), "--run-dir",
                              str(run_dir), "--epochs", "50", "--device", "cpu", *TINY], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
