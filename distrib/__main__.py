@@ -1,13 +1,32 @@
 """What every rank runs (torchrun and srun start this; `distrain train` calls the same functions in place).
 
     python -m distrib train RUN_DIR/config.toml
-    python -m distrib eval CHECKPOINT CONFIG.toml [--json]
+    python -m distrib eval CHECKPOINT [--json] CONFIG.toml
+
+The run's config.toml is always the last argument; failures are recorded in its folder's logs/.
 """
 
+import os
 import sys
 
 from distrib import workers
-from distrib.config import read_run_config
+from distrib.config import ConfigError, read_run_config
+from distrib.failure import reported_failures
+
+BAD_INPUT_EXIT = 2
+
+
+def main(argv: list[str]) -> int:
+    """Every failure is recorded for the launcher (one line); bad input exits 2 without a traceback."""
+    config = argv[-1] if argv[-1:] and argv[-1].endswith(".toml") else None
+    run_dir = os.path.dirname(config) if config else "."
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    try:
+        with reported_failures(run_dir, rank):
+            return run(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return BAD_INPUT_EXIT
 
 
 def run(argv: list[str]) -> int:
@@ -19,15 +38,15 @@ def run(argv: list[str]) -> int:
         train.main(cfg)
         return 0
     if argv[:1] == ["eval"] and len(argv) in (3, 4):
-        cfg = read_run_config(argv[2])
+        cfg = read_run_config(argv[-1])
         workers.start_server(cfg.workers)  # before torch is imported here
         from distrib import evaluate
 
-        evaluate.main(argv[1], cfg, as_json="--json" in argv[3:])
+        evaluate.main(argv[1], cfg, as_json="--json" in argv[2:-1])
         return 0
     print(__doc__, file=sys.stderr)
     return 2
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

@@ -23,7 +23,13 @@ LOW_SPACE_BYTES = 64 * 2**20
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: the message says which file and why."""
+    """A checkpoint that cannot be written: the message says which file and why."""
+
+    user_facing = True
+
+
+class UnusableCheckpoint(ConfigError):
+    """A file given as a checkpoint or weights that cannot be used (bad input: exit 2, one line)."""
 
 
 def save_atomic(state: dict, path: str) -> None:
@@ -63,34 +69,55 @@ def _remove_quietly(path: str) -> None:
 def load(path: str) -> dict:
     """torch.load with weights_only=True; a pickle that would execute code is refused, not run."""
     if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path} does not exist; check the path or use --resume never")
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise UnusableCheckpoint(f"checkpoint {path} {what}; give the path of a .pt file")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the refusal says it
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"refusing {path}: weights_only loading rejected it ({_unpickler_reason(e)}); it is "
-                              "not a plain checkpoint, and unpickling it fully could run code") from None
+        raise UnusableCheckpoint(f"refusing {path}: it holds Python objects that only a full unpickle could "
+                                 f"load ({_unpickler_reason(e)}), and a full unpickle could run code; load it "
+                                 "in a trusted Python session and save its state_dict instead") from None
     except (EOFError, RuntimeError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UnusableCheckpoint(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: "
+                                 f"{first[:200]}); give an intact .pt file") from None
 
 
 def _unpickler_reason(e: Exception) -> str:
-    """The one informative line of torch's long weights_only message, e.g. 'Unsupported global: os.system'."""
+    """The informative part of torch's long weights_only message, e.g. 'Unsupported global: GLOBAL
+    os.system', without its advice to turn the check off."""
     text = str(e)
     _, _, detail = text.partition("WeightsUnpickler error:")
     lines = [line.strip() for line in (detail or text).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(e).__name__
+    if not lines:
+        return type(e).__name__
+    reason = lines[0].split(" was not an allowed global")[0]
+    reason = reason.split(". Please")[0].split(" Please")[0].rstrip(" .")
+    return reason[:160]
 
 
-def check_fits(ckpt: dict, path: str, arch: str, classes: list[str]) -> None:
+def is_run_checkpoint(ckpt) -> bool:
+    """A checkpoint distrain wrote (it names its arch and classes), not a bare weights file."""
+    return isinstance(ckpt, dict) and "model" in ckpt and "arch" in ckpt and "classes" in ckpt
+
+
+def check_fits(ckpt: dict, path: str, arch: str, classes: list[str],
+               fix: str = "or --resume never to start afresh") -> None:
     """Refuse a checkpoint made for another model or another class list, before any state is loaded."""
+    if not is_run_checkpoint(ckpt):
+        raise UnusableCheckpoint(f"{path} is a bare weights file, not a distrain checkpoint (no arch, no class "
+                                 "names); give RUN_DIR/checkpoints/best.pt or last.pt")
     if ckpt.get("arch") != arch:
-        raise CheckpointError(f"checkpoint {path} is for --arch {ckpt.get('arch')}, not {arch}; "
-                              f"use --arch {ckpt.get('arch')}, or --resume never to start afresh")
-    if ckpt.get("num_classes") != len(classes):
-        raise CheckpointError(f"checkpoint {path} has {ckpt.get('num_classes')} classes but the data has "
-                              f"{len(classes)}; use the dataset it was trained on, or --resume never")
+        raise UnusableCheckpoint(f"checkpoint {path} is for --arch {ckpt.get('arch')}, not {arch}; "
+                                 f"use --arch {ckpt.get('arch')}, {fix}")
+    theirs = list(ckpt.get("classes") or [])
+    if theirs != list(classes):
+        differ = (f"{len(theirs)} classes but the data has {len(classes)}" if len(theirs) != len(classes) else
+                  "other class names than the data (" + ", ".join(
+                      f"{a} vs {b}" for a, b in zip(theirs, classes) if a != b)[:120] + ")")
+        raise UnusableCheckpoint(f"checkpoint {path} has {differ}; use the dataset it was trained on, {fix}")
 
 
 def rng_state() -> dict:

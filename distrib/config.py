@@ -74,6 +74,9 @@ class RunConfig:
     warmup_epochs: float = opt(0.0, TRAINING, "Epochs of linear warmup.")
     label_smoothing: float = opt(0.0, TRAINING, "Label smoothing.")
     image_size: int = opt(224, TRAINING, "Training crop size (validation resizes to size/0.875, then crops).")
+    val_resize_size: int | None = opt(None, TRAINING, "Validation: shorter side after resizing "
+                                      "(default: val crop / 0.875).")
+    val_crop_size: int | None = opt(None, TRAINING, "Validation: centre crop size (default: --image-size).")
     workers: int = opt(4, TRAINING, "Data-loading processes per training process.")
     decode: str = opt("workers", TRAINING, "Where JPEGs are decoded: workers (CPU processes) or device "
                       "(torchvision.io.decode_jpeg on the training device, in batches; for input-bound GPU "
@@ -111,6 +114,9 @@ class RunConfig:
         for name in ("max_restarts", "workers", "max_requeues", "signal_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} {getattr(self, name)} must be 0 or more")
+        for name in ("val_resize_size", "val_crop_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} {getattr(self, name)} must be at least 1")
         if self.gpus is not None and self.gpus < 0:
             raise ConfigError(f"--gpus {self.gpus} is negative; use --gpus 0 for CPU or a count of GPUs per node")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:

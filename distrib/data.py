@@ -33,12 +33,11 @@ from distrib.config import ConfigError, RunConfig
 from distrib.env import DistEnv
 from distrib.images import load_train, load_val, skip_reason
 from distrib.layout import IMG_EXTENSIONS, check_dataset
+from distrib.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from distrib.workers import loader_options
 
 __all__ = ["Batch", "Loaders", "TrainSampler", "ValSampler", "build_loaders", "to_device", "check_dataset"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SYNTHETIC_CLASSES = [f"class{i}" for i in range(10)]
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 2560, 512
 PREFETCH_FACTOR = 4  # batches in flight per worker: rides out slow files and filesystem hiccups
@@ -94,11 +93,12 @@ class FolderDataset(Dataset):
     """One split of an ImageFolder root; item = (3 x H x W uint8 tensor, label) or Skipped."""
 
     def __init__(self, split_dir: str, class_to_idx: dict[str, int], image_size: int, train: bool,
-                 seed: int = 0, rank: int = 0):
+                 seed: int = 0, rank: int = 0, val_resize: int | None = None):
         samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS)
         self.paths = _Paths([p for p, _ in samples])
         self.labels = np.array([c for _, c in samples], dtype=np.int64)
         self.image_size, self.train, self.seed, self.rank = image_size, train, seed, rank
+        self.val_resize = val_resize  # shorter side before the centre crop (validation only)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -110,7 +110,7 @@ class FolderDataset(Dataset):
             if self.train:
                 image = load_train(path, self.image_size, sample_rng(self.seed, epoch, self.rank, index))
             else:
-                image = load_val(path, self.image_size)
+                image = load_val(path, self.image_size, self.val_resize)
         except Exception as e:  # PIL raises many types for broken files; one bad file must not end a run
             return Skipped(f"{path}: {skip_reason(path, e)}")
         return image, int(self.labels[index])
@@ -255,19 +255,21 @@ def to_device(batch: Batch, device: torch.device, channels_last: bool) -> tuple[
 def _datasets(cfg: RunConfig, seed: int, rank: int) -> tuple[Dataset, Dataset, list[str]]:
     if cfg.synthetic:
         return (SyntheticDataset(SYNTHETIC_TRAIN, cfg.image_size, split=0, seed=seed),
-                SyntheticDataset(SYNTHETIC_VAL, cfg.image_size, split=1, seed=seed),
+                SyntheticDataset(SYNTHETIC_VAL, Preprocessing.from_config(cfg).crop_size, split=1, seed=seed),
                 list(SYNTHETIC_CLASSES))
     classes = check_dataset(cfg.data)
     _, class_to_idx = find_classes(os.path.join(cfg.data, "train"))
+    pre = Preprocessing.from_config(cfg)
     train = FolderDataset(os.path.join(cfg.data, "train"), class_to_idx, cfg.image_size, True, seed, rank)
-    val = FolderDataset(os.path.join(cfg.data, "val"), class_to_idx, cfg.image_size, False, seed, rank)
+    val = FolderDataset(os.path.join(cfg.data, "val"), class_to_idx, pre.crop_size, False, seed, rank,
+                        val_resize=pre.resize_size)
     return train, val, classes
 
 
 def _loader(dataset: Dataset, sampler: Sampler, cfg: RunConfig, pin_memory: bool, drop_last: bool) -> DataLoader:
     workers = cfg.workers
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
-                      collate_fn=Collate(cfg.image_size), num_workers=workers, pin_memory=pin_memory,
+                      collate_fn=Collate(dataset.image_size), num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
                       **loader_options(workers))
 
@@ -292,7 +294,16 @@ def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool, device: torch.
     else:
         train_loader = _loader(train, train_sampler, cfg, pin_memory, drop_last=True)
     # --- end --decode device
-    return Loaders(
-        train=train_loader,
-        val=_loader(val, ValSampler(len(val), env.rank, env.world_size), cfg, pin_memory, drop_last=False),
-        train_sampler=train_sampler, classes=classes, num_train=len(train), num_val=len(val))
+    return Loaders(train=train_loader, val=val_loader(val, cfg, env, pin_memory), train_sampler=train_sampler,
+                   classes=classes, num_train=len(train), num_val=len(val))
+
+
+def val_loader(val: Dataset, cfg: RunConfig, env: DistEnv, pin_memory: bool) -> DataLoader:
+    """This rank's unpadded slice of the validation set, in order."""
+    return _loader(val, ValSampler(len(val), env.rank, env.world_size), cfg, pin_memory, drop_last=False)
+
+
+def build_val_loader(cfg: RunConfig, env: DistEnv, pin_memory: bool) -> tuple[DataLoader, list[str]]:
+    """The validation loader alone (eval): no training set is listed or sampled."""
+    _, val, classes = _datasets(cfg, cfg.seed or 0, env.rank)
+    return val_loader(val, cfg, env, pin_memory), classes

@@ -43,7 +43,7 @@ def main(checkpoint_path: str, cfg, as_json: bool) -> dict:
     import json
 
     from distrib import checkpoint
-    from distrib.data import build_loaders
+    from distrib.data import build_val_loader
     from distrib.env import DistEnv
     from distrib.model import build_model
     from distrib.process_group import pick_device, process_group
@@ -52,11 +52,11 @@ def main(checkpoint_path: str, cfg, as_json: bool) -> dict:
     device = pick_device(env, cfg.device)
     ckpt = checkpoint.load(checkpoint_path)
     with process_group(env, device, cfg.dist_timeout):
-        loaders = build_loaders(cfg, env, pin_memory=device.type == "cuda")
-        checkpoint.check_fits(ckpt, checkpoint_path, ckpt["arch"], loaders.classes)
-        model = build_model(ckpt["arch"], len(loaders.classes), False, None, env)
+        loader, classes = build_val_loader(cfg, env, pin_memory=device.type == "cuda")
+        checkpoint.check_fits(ckpt, checkpoint_path, ckpt["arch"], classes, fix="or give its own dataset")
+        model = build_model(ckpt["arch"], len(classes), False, None, env)
         model.load_state_dict(ckpt["model"])
-        result = evaluate(model.to(device), loaders.val, device, None, False)
+        result = evaluate(model.to(device), loader, device, None, False)
     result = {k: result[k] for k in ("acc1", "acc5", "loss", "samples")}
     if env.is_main:
         print(json.dumps(result) if as_json else

@@ -23,6 +23,7 @@ pre-flight check can use it without paying for torch.
 
 from __future__ import annotations
 
+from distrib.preprocess import VAL_CROP_FRACTION  # resize to crop / 0.875 (256 for 224), then centre crop
 import contextlib
 import io
 import math
@@ -38,7 +39,6 @@ from PIL import Image, ImageOps
 
 SCALE = (0.08, 1.0)  # RandomResizedCrop's defaults
 RATIO = (3 / 4, 4 / 3)
-VAL_CROP_FRACTION = 0.875  # resize to image_size / 0.875 (256 for 224), then centre crop
 
 Box = tuple[int, int, int, int]  # left, top, width, height, in pixels of the upright full-size image
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -78,9 +78,10 @@ def rrc_box(width: int, height: int, rng: random.Random, scale=SCALE, ratio=RATI
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def val_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """Resize(int(size / 0.875)) then CenterCrop(size), as torchvision computes them: new_w, new_h, left, top."""
-    short = int(size / VAL_CROP_FRACTION)
+def val_geometry(width: int, height: int, size: int, short: int | None = None) -> tuple[int, int, int, int]:
+    """Resize(short) then CenterCrop(size), as torchvision computes them: new_w, new_h, left, top.
+    short defaults to int(size / 0.875)."""
+    short = short or int(size / VAL_CROP_FRACTION)
     if width <= height:
         new_w, new_h = short, int(short * height / width)
     else:
@@ -216,11 +217,11 @@ def load_train(path: str, size: int, rng: random.Random):
     return out.flip(2) if rng.random() < 0.5 else out
 
 
-def load_val(path: str, size: int):
-    """Resize the shorter side to int(size / 0.875), centre crop size x size: 3 x size x size uint8."""
+def load_val(path: str, size: int, resize: int | None = None):
+    """Resize the shorter side to `resize` (default int(size / 0.875)), centre crop size x size: 3 x size x size uint8."""
     with open_image(path) as src:
         width, height = upright_size(src.img)
-        new_w, new_h, left, top = val_geometry(width, height, size)
+        new_w, new_h, left, top = val_geometry(width, height, size, resize)
         pixels, s = decode(src, shrink=min(width / new_w, height / new_h))
     # At 1/s, libjpeg pads the last row and column up to a whole pixel: resize only what is the image.
     pixels = pixels[:, : round(height / s), : round(width / s)]

@@ -23,6 +23,7 @@ from distrib.data import Loaders, build_loaders, to_device
 from distrib.env import DistEnv
 from distrib.evaluate import evaluate
 from distrib.model import build_model, unwrap, wrap_model
+from distrib.preprocess import Preprocessing
 from distrib.optim import build_optimizer, build_scheduler, scaled_lr
 from distrib.process_group import all_reduce_sum, barrier, pick_device, process_group
 from distrib.stop import StopRequest
@@ -215,6 +216,7 @@ def save(cfg: RunConfig, env: DistEnv, model, optimizer, scheduler, scaler, prog
             "best_acc1": progress.best_acc1, "partial": progress.partial,
             "arch": cfg.arch, "num_classes": len(classes), "classes": list(classes),
             "config": cfg.to_toml_dict(), "rng": checkpoint.rng_state(),
+            "preprocessing": Preprocessing.from_config(cfg).as_dict(),
         }
         folder = os.path.join(cfg.run_dir, "checkpoints")
         checkpoint.save_atomic(state, os.path.join(folder, "last.pt"))

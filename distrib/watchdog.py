@@ -21,6 +21,8 @@ log = logging.getLogger("distrain")
 class HungRankError(RuntimeError):
     """A collective timed out; the message names the rank(s) that stopped."""
 
+    user_facing = True
+
 
 class Heartbeat:
     def __init__(self, env: DistEnv, timeout_s: int):

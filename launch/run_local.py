@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -42,10 +43,20 @@ def write_launch_record(run_dir: str, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def run(argv: list[str], env: dict, stop_file: str, say=print) -> tuple[int, str | None]:
-    """Run argv to the end. Returns (exit code, name of the first stop signal received, if any)."""
+def run(argv: list[str], env: dict, stop_file: str, say=print, stderr_path: str | None = None
+        ) -> tuple[int, str | None]:
+    """Run argv to the end. Returns (exit code, name of the first stop signal received, if any).
+    stderr_path: where torchrun's own stderr goes (its failure dump), instead of the terminal."""
     received: list[str] = []
-    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+    stderr = None
+    if stderr_path:
+        os.makedirs(os.path.dirname(stderr_path), exist_ok=True)
+        stderr = open(stderr_path, "ab")
+    try:
+        proc = subprocess.Popen(argv, env=env, start_new_session=True, stderr=stderr)
+    finally:
+        if stderr is not None:
+            stderr.close()  # the child holds its own copy
 
     def on_signal(signum, frame):
         received.append(signal.Signals(signum).name)
@@ -64,3 +75,24 @@ def run(argv: list[str], env: dict, stop_file: str, say=print) -> tuple[int, str
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    message: str      # the rank's own one line
+    where: str        # "rank 1 on node02; traceback in RUN_DIR/logs/traceback.rank1.txt"
+    bad_input: bool   # a ConfigError: the launcher exits 2, as for any bad input
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.where})"
+
+
+def rank_failure(run_dir: str) -> RankFailure | None:
+    """The failing rank's record (distrib/failure.py) under RUN_DIR/logs/, or None if none wrote one."""
+    from distrib.failure import first_failure
+
+    entry = first_failure(run_dir)
+    if entry is None:
+        return None
+    return RankFailure(entry["message"], f"rank {entry['rank']} on {entry['host']}; traceback in "
+                       f"{entry['traceback']}", bool(entry.get("bad_input")))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shlex
 import subprocess
 import sys
-import tempfile
 
 from distrib import workers
 from distrib.config import ConfigError, RunConfig, write_run_config
@@ -129,28 +127,22 @@ def train_in_place(cfg: RunConfig, out, warn) -> int:
 
 
 def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) -> int:
-    if not os.path.isfile(checkpoint):
-        raise ConfigError(f"--checkpoint {checkpoint}: no such file")
+    """`distrain eval`: the checkpoint's own preprocessing and classes, on 1 process or P through torchrun."""
+    from launch import use_model
+
     if not cli.get("data"):
         raise ConfigError("eval needs --data DIR (the ImageFolder root whose val/ to score)")
-    run_dir = tempfile.mkdtemp(prefix="distrain-eval-")
-    cfg = dataclasses.replace(RunConfig(**cli), run_dir=run_dir, gpus=gpus, procs=procs, resume="never",
-                              device="cpu" if gpus == 0 else "auto").validate()
-    for p in preflight.cheap_checks(cfg, None, here=True):
-        if not p.warning:
-            raise ConfigError(p.message)
-    plan = topology.make_plan(cfg, topology.visible_gpus())
-    config_path = os.path.join(run_dir, "config.toml")
-    write_run_config(cfg, config_path)
-    if plan.world_size == 1:
-        workers.start_server(cfg.workers)
-        from distrib import evaluate as ev
-
-        ev.main(str(checkpoint), cfg, as_json)
-        return 0
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc-per-node", str(plan.procs_per_node), "-m", "distrib", "eval", str(checkpoint), config_path]
-    if as_json:
-        argv.append("--json")
-    code, _ = run(argv, _rank_environment(plan), os.path.join(run_dir, "STOP"))
-    return 0 if code == 0 else 1
+    gpus = use_model.check_gpus(gpus)
+    if gpus == 0 and procs < 1:
+        raise ConfigError(f"--procs {procs} must be at least 1")
+    nprocs = gpus if gpus > 0 else procs
+    record = use_model.read_checkpoint(checkpoint)
+    use_model.check_classes(record, cli["data"])
+    pre = use_model.settle_preprocessing(record, cli, warn)
+    workers = cli.get("workers", use_model.max_workers(nprocs))
+    cfg = RunConfig(data=cli["data"], arch=record.arch, image_size=pre.crop_size, val_crop_size=pre.crop_size,
+                    val_resize_size=pre.resize_size, batch_size=cli.get("batch_size", 64), workers=workers,
+                    gpus=gpus, procs=procs, resume="never", run_dir="eval",
+                    device="cpu" if gpus == 0 else "cuda").validate()
+    args = [str(checkpoint)] + (["--json"] if as_json else [])
+    return use_model.run_tool("eval", cfg, args, nprocs, out)

@@ -122,6 +122,12 @@ def torchrun_argv(plan: Plan, cfg: RunConfig, python: str, config_path: str) -> 
     return argv + ["-m", "distrib", "train", config_path]
 
 
+def standalone_argv(python: str, procs: int, log_dir: str, module_args: list[str]) -> list[str]:
+    """torchrun for a tool on this node alone (eval, predict): P processes, stderr to per-rank files."""
+    return [python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(procs),
+            "--log-dir", log_dir, "--redirects", "2", "-m", "distrib", *module_args]
+
+
 def salloc_argv(plan: Plan, cfg: RunConfig, python: str, config_path: str, head: str, job_id: str) -> list[str]:
     """Inside an salloc shell: one torchrun per allocated node, started by srun, rendezvous on the first node."""
     node_plan = Plan(**{**plan.__dict__, "mode": "c10d", "rdzv_endpoint": f"{head}:{20000 + int(job_id) % 20000}",

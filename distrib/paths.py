@@ -1,0 +1,65 @@
+"""Every file of a run directory, named once (torch-free: launch/ and slurm/ use it too)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: str
+
+    def _at(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def config(self) -> str:
+        return self._at("config.toml")        # the resolved config every rank reads
+
+    @property
+    def launch_record(self) -> str:
+        return self._at("launch.json")        # what was launched: command lines, hosts, versions, job id
+
+    @property
+    def metrics(self) -> str:
+        return self._at("metrics.jsonl")      # one JSON object per finished epoch
+
+    @property
+    def tb(self) -> str:
+        return self._at("tb")                 # TensorBoard events (global rank 0 only)
+
+    @property
+    def checkpoints(self) -> str:
+        return self._at("checkpoints")
+
+    @property
+    def last(self) -> str:
+        return self._at("checkpoints", "last.pt")
+
+    @property
+    def best(self) -> str:
+        return self._at("checkpoints", "best.pt")
+
+    @property
+    def logs(self) -> str:
+        return self._at("logs")
+
+    def rank_log(self, rank: int) -> str:
+        return self._at("logs", f"rank{rank}.log")
+
+    @property
+    def torchrun_logs(self) -> str:
+        return self._at("logs", "torchrun")
+
+    @property
+    def stop(self) -> str:
+        return self._at("STOP")               # touched to stop every rank at the next step boundary
+
+    @property
+    def sbatch(self) -> str:
+        return self._at("job.sbatch")
+
+    @property
+    def outcome(self) -> str:
+        return self._at("outcome.json")       # how the last attempt ended: finished, stopped or failed
