@@ -94,7 +94,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
     if cfg.compile:
         net = torch.compile(net)
 
-    writer = writer_for(env.rank, cfg.run_dir)
+    writer = writer_for(env.rank, cfg.run_dir, cfg.log_interval)
     writer.start(cfg.to_toml_dict(), _summary(cfg, env, device, global_batch, lr, loaders, progress), progress.epoch)
     skipped_seen: set[str] = set()
 
@@ -147,7 +147,7 @@ def train_one_epoch(net, loaders: Loaders, optimizer, scheduler, scaler, criteri
     amp_dtype = AMP_DTYPES[cfg.amp]
     local = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, samples, skipped on this rank
     prior = torch.tensor(progress.partial or [0.0] * 4, dtype=torch.float64)
-    started, interval_t, interval_n = time.monotonic(), time.monotonic(), 0
+    started = time.monotonic()
     writer.epoch_started()
     stopped = False
     for batch in loaders.train:
@@ -169,12 +169,7 @@ def train_one_epoch(net, loaders: Loaders, optimizer, scheduler, scaler, criteri
         local[1] += labels.numel()
         progress.batch += 1
         progress.step += 1
-        interval_n += labels.numel()
-        if progress.batch % cfg.log_interval == 0 or progress.batch == steps_per_epoch:
-            now = time.monotonic()
-            writer.progress(progress.epoch, progress.batch, steps_per_epoch, loss.item(),
-                            interval_n * env.world_size / max(now - interval_t, 1e-9))
-            interval_t, interval_n = now, 0
+        writer.step(progress.epoch, progress.batch, steps_per_epoch, loss.detach(), labels.numel() * env.world_size)
         if progress.batch >= steps_per_epoch:
             break
         if stop.requested(device):

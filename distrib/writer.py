@@ -20,19 +20,24 @@ EPOCH_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
 }
 
 
+PROGRESS_SECONDS = 30  # a progress line at least this often, however slow the steps
+
+
 class NullWriter:
     def start(self, config: dict, summary: str, resume_epoch: int = 0) -> None: ...
     def epoch_started(self) -> None: ...
+    def step(self, epoch: int, batch: int, batches: int, loss, images: int) -> None: ...
     def progress(self, epoch: int, batch: int, batches: int, loss: float, images_per_sec: float) -> None: ...
     def epoch(self, row: dict) -> None: ...
     def close(self, final: dict | None = None) -> None: ...
 
 
 class RunWriter(NullWriter):
-    def __init__(self, run_dir: str, tty: bool):
+    def __init__(self, run_dir: str, tty: bool, log_interval: int = 20):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = run_dir
+        self.run_dir, self.log_interval = run_dir, log_interval
+        self._last_line, self._interval_images = time.monotonic(), 0
         self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
         self.tty = tty
         self.hparams: dict = {}
@@ -57,6 +62,19 @@ class RunWriter(NullWriter):
             with open(path, "w") as fh:
                 fh.writelines(keep)
 
+    def step(self, epoch: int, batch: int, batches: int, loss, images: int) -> None:
+        """Called after every training step with the global images of the step. Prints a progress line
+        every --log-interval steps, at the last step, or when PROGRESS_SECONDS have passed without one;
+        `loss` may be a device tensor: it is read (a host sync) only when a line is printed."""
+        now = time.monotonic()
+        self._interval_images += images
+        if (batch % self.log_interval and batch != batches and now - self._last_line < PROGRESS_SECONDS
+                and not (self.tty and now - self._last_line >= 1)):
+            return
+        rate = self._interval_images / max(now - self._last_line, 1e-9)
+        self._interval_images, self._last_line = 0, now
+        self.progress(epoch, batch, batches, float(loss), rate)
+
     def progress(self, epoch: int, batch: int, batches: int, loss: float, images_per_sec: float) -> None:
         elapsed = time.monotonic() - self._t0
         eta = elapsed / max(batch, 1) * (batches - batch)
@@ -71,7 +89,8 @@ class RunWriter(NullWriter):
                      images_per_sec, eta)
 
     def epoch_started(self) -> None:
-        self._t0 = time.monotonic()
+        self._t0 = self._last_line = time.monotonic()
+        self._interval_images = 0
 
     def epoch(self, row: dict) -> None:
         if self.tty:
@@ -92,8 +111,8 @@ class RunWriter(NullWriter):
         self.tb.close()
 
 
-def writer_for(rank: int, run_dir: str) -> NullWriter:
-    return RunWriter(run_dir, tty=sys.stdout.isatty()) if rank == 0 else NullWriter()
+def writer_for(rank: int, run_dir: str, log_interval: int = 20) -> NullWriter:
+    return RunWriter(run_dir, tty=sys.stdout.isatty(), log_interval=log_interval) if rank == 0 else NullWriter()
 
 
 def setup_logging(rank: int, run_dir: str) -> None:
