@@ -59,6 +59,17 @@ def save_atomic(state: dict, path: str) -> None:
         os.close(dir_fd)
 
 
+def write_position(paths, **position) -> None:
+    """RUN_DIR/position.json beside the checkpoints: where last.pt is, readable without torch (the launcher
+    decides "complete" and `distrain status` says "epoch N of M" from it)."""
+    import json
+
+    tmp = f"{paths.position}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(position, fh)
+    os.replace(tmp, paths.position)
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)

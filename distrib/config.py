@@ -12,11 +12,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import time
 import typing
 from dataclasses import dataclass, field, fields
 
 TOPOLOGY, SLURM, TRAINING, RUNTIME = "Topology", "SLURM cluster", "Training", "Run"
+
+# Training options that do not change what is trained: how long (a run continues with more --epochs), how
+# fast, and how it is reported. Every other training option is part of a run's identity (training_math).
+NOT_TRAINING_MATH = frozenset({"epochs", "workers", "decode", "amp", "channels_last", "compile", "bucket_mb",
+                               "log_interval"})
 
 
 class ConfigError(ValueError):
@@ -91,8 +95,11 @@ class RunConfig:
     steps_per_epoch: int | None = opt(None, TRAINING, "Cap on training steps per epoch (quick runs).")
     log_interval: int = opt(20, TRAINING, "Steps between progress lines.")
     # --- run ---
-    run_dir: str | None = opt(None, RUNTIME, "Run directory (default runs/<arch>-<time>).")
+    run_dir: str | None = opt(None, RUNTIME, "Run directory (default runs/<arch>-<hash of the data and the "
+                              "training math>: the same command finds the same run).")
     resume: str = opt("auto", RUNTIME, "auto: continue RUN_DIR/checkpoints/last.pt if any; never; or a PATH.")
+    overwrite: bool = opt(False, RUNTIME, "Start afresh in a run dir that holds a run: its checkpoints, metrics, "
+                          "TensorBoard events and logs are removed first.")
     device: str = opt("auto", RUNTIME, "Device of `distrain train`.", choices=("auto", "cpu", "cuda"))
 
     # ---- derived values ----
@@ -127,6 +134,9 @@ class RunConfig:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
         if self.strategy == "dp" and hi > 1:
             raise ConfigError("--strategy dp runs one process on one node; use --strategy ddp with --nodes > 1")
+        if self.strategy == "dp" and self.procs > 1:
+            raise ConfigError(f"--strategy dp runs one process (nn.DataParallel over the node's GPUs), not --procs "
+                              f"{self.procs}; use --strategy ddp --procs {self.procs}, or drop --procs")
         if self.pretrained and self.weights:
             raise ConfigError("--pretrained and --weights both given; keep one of them")
         if not self.synthetic and not self.data:
@@ -141,18 +151,25 @@ class RunConfig:
                 raise ConfigError(f"--{_flag(f.name)} {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
         return self
 
+    def training_math(self) -> dict:
+        """The options that change what is trained (not where, how fast or for how long): a run dir holds
+        one run of these values. New training options count unless listed in NOT_TRAINING_MATH."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.metadata["group"] == TRAINING and f.name not in NOT_TRAINING_MATH}
+        if out.get("data"):
+            out["data"] = os.path.abspath(out["data"])
+        return out
+
     def with_run_dir(self) -> "RunConfig":
-        """Fill in the default run dir once. Several nodes started by hand each derive it from the command
-        line they share (a clock would differ between them); otherwise it is runs/<arch>-<time>."""
+        """Fill in the default run dir once: runs/<arch>-<hash of the data and the training math>. The same
+        command (on any node, at any time, with more --epochs) finds the same run and resumes it."""
         if self.run_dir:
             return self
-        if self.rdzv_endpoint:
-            import hashlib
+        import hashlib
+        import json
 
-            key = "|".join(str(x) for x in (self.rdzv_endpoint, self.nodes, self.data, self.arch))
-            name = f"{self.arch}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-        else:
-            name = f"{self.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        key = json.dumps(self.training_math(), sort_keys=True, default=str)
+        name = f"{self.arch}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         return dataclasses.replace(self, run_dir=os.path.join("runs", name))
 
     def to_toml_dict(self) -> dict:
@@ -197,6 +214,14 @@ def load_toml(path: str) -> dict:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        hint = os.path.join(path, "config.toml")
+        hint = f"; did you mean --config {hint}?" if os.path.isfile(hint) else "; give a .toml file"
+        raise ConfigError(f"--config {path} is a directory{hint}") from None
+    except PermissionError:
+        raise ConfigError(f"--config {path}: permission denied; make it readable") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a text file; give a .toml file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
     raw = {k.replace("-", "_"): v for k, v in raw.items()}

@@ -5,20 +5,34 @@ Counts are summed exactly (float64 holds integers exactly), so accuracy is the s
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+
 import torch
 import torch.nn as nn
 
 from distrib.data import to_device
 from distrib.process_group import all_reduce_sum
 
+log = logging.getLogger("distrain")
+
+
+PROGRESS_SECONDS = 30
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool,
-             note_skipped=lambda paths: None) -> dict:
+             note_skipped=lambda paths: None, say=log.info) -> dict:
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, top1, top5, samples, skipped
-    for batch in loader:
+    started = last_line = time.monotonic()
+    for done, batch in enumerate(loader, 1):
+        if time.monotonic() - last_line >= PROGRESS_SECONDS:  # slow validation still says where it is
+            last_line = time.monotonic()
+            eta = (last_line - started) / done * (len(loader) - done)
+            say(f"validation: batch {done}/{len(loader)} of this process, eta {eta:.0f}s")
         note_skipped(batch.skipped)
         sums[4] += len(batch.skipped)
         if batch.labels.numel() == 0:
@@ -56,7 +70,11 @@ def main(checkpoint_path: str, cfg, as_json: bool) -> dict:
         checkpoint.check_fits(ckpt, checkpoint_path, ckpt["arch"], classes, fix="or give its own dataset")
         model = build_model(ckpt["arch"], len(classes), False, None, env)
         model.load_state_dict(ckpt["model"])
-        result = evaluate(model.to(device), loader, device, None, False)
+        say = (lambda m: print(m, file=sys.stderr, flush=True)) if env.is_main else (lambda m: None)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
+        channels_last = bool(cfg.channels_last) and device.type == "cuda"
+        model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        result = evaluate(model, loader, device, amp_dtype, channels_last, say=say)
     result = {k: result[k] for k in ("acc1", "acc5", "loss", "samples")}
     if env.is_main:
         print(json.dumps(result) if as_json else

@@ -59,6 +59,17 @@ def check_dataset(root: str) -> list[str]:
     return classes["train"]
 
 
+def count_images(split_dir: str, stop_at: int | None = None) -> int:
+    """Image files under split_dir's class folders, counting no further than stop_at."""
+    total = 0
+    for name in find_class_dirs(split_dir):
+        for _, _, names in os.walk(os.path.join(split_dir, name), followlinks=True):
+            total += sum(1 for n in names if is_image_file(n))
+            if stop_at is not None and total >= stop_at:
+                return total
+    return total
+
+
 def scan_images(root: str) -> tuple[int, list[str]]:
     """Open every image's header (fast: no pixel decoding). Returns (files seen, unreadable paths)."""
     from PIL import Image

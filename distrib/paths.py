@@ -61,5 +61,9 @@ class RunPaths:
         return self._at("job.sbatch")
 
     @property
+    def position(self) -> str:
+        return self._at("position.json")      # where the newest checkpoint is: epoch, batch, of how many
+
+    @property
     def outcome(self) -> str:
         return self._at("outcome.json")       # how the last attempt ended: finished, stopped or failed

@@ -23,6 +23,7 @@ from distrib.data import Loaders, build_loaders, to_device
 from distrib.env import DistEnv
 from distrib.evaluate import evaluate
 from distrib.model import build_model, unwrap, wrap_model
+from distrib.paths import RunPaths
 from distrib.preprocess import Preprocessing
 from distrib.optim import build_optimizer, build_scheduler, scaled_lr
 from distrib.process_group import all_reduce_sum, barrier, pick_device, process_group
@@ -113,7 +114,8 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
                                         env, progress, steps_per_epoch, writer, stop, heartbeat, note_skipped)
         if stopped:
             progress.partial = sums.tolist()
-            save(cfg, env, model, optimizer, scheduler, scaler, progress, loaders.classes, best=False)
+            save(cfg, env, model, optimizer, scheduler, scaler, progress, loaders.classes, best=False,
+                 batches=steps_per_epoch)
             log.info("stopped at epoch %d step %d/%d; last.pt written. Run again to resume.",
                      epoch, progress.batch, steps_per_epoch)
             return "stopped"
@@ -130,7 +132,8 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
         is_best = val["acc1"] > progress.best_acc1
         progress = dataclasses.replace(progress, epoch=epoch + 1, batch=0, partial=None,
                                        best_acc1=max(progress.best_acc1, val["acc1"]))
-        save(cfg, env, model, optimizer, scheduler, scaler, progress, loaders.classes, best=is_best)
+        save(cfg, env, model, optimizer, scheduler, scaler, progress, loaders.classes, best=is_best,
+             batches=steps_per_epoch)
         if epoch + 1 < cfg.epochs and stop.requested(device):  # asked to stop during the epoch's last step
             log.info("stopped after epoch %d; last.pt written. Run again to resume.", epoch)
             return "stopped"
@@ -201,7 +204,7 @@ def resume(cfg: RunConfig, classes, model, optimizer, scheduler, scaler) -> Prog
 
 
 def save(cfg: RunConfig, env: DistEnv, model, optimizer, scheduler, scaler, progress: Progress, classes,
-         best: bool) -> None:
+         best: bool, batches: int) -> None:
     """Rank 0 writes last.pt (and best.pt); the others wait so nobody runs ahead of a half-saved state."""
     if env.is_main:
         state = {
@@ -213,10 +216,12 @@ def save(cfg: RunConfig, env: DistEnv, model, optimizer, scheduler, scaler, prog
             "config": cfg.to_toml_dict(), "rng": checkpoint.rng_state(),
             "preprocessing": Preprocessing.from_config(cfg).as_dict(),
         }
-        folder = os.path.join(cfg.run_dir, "checkpoints")
-        checkpoint.save_atomic(state, os.path.join(folder, "last.pt"))
+        paths = RunPaths(cfg.run_dir)
+        checkpoint.save_atomic(state, paths.last)
         if best:
-            checkpoint.save_atomic(state, os.path.join(folder, "best.pt"))
+            checkpoint.save_atomic(state, paths.best)
+        checkpoint.write_position(paths, epoch=progress.epoch, batch=progress.batch, epochs=cfg.epochs,
+                                  batches=batches)
     barrier()
 
 

@@ -38,6 +38,7 @@ class RunWriter(NullWriter):
 
         self.run_dir, self.log_interval = run_dir, log_interval
         self._last_line, self._interval_images = time.monotonic(), 0
+        self._first_step_end, self._first_batch, self._estimated = None, 0, False
         self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
         self.tty = tty
         self.hparams: dict = {}
@@ -68,12 +69,29 @@ class RunWriter(NullWriter):
         `loss` may be a device tensor: it is read (a host sync) only when a line is printed."""
         now = time.monotonic()
         self._interval_images += images
+        self._estimate_epoch(batch, batches, now)
         if (batch % self.log_interval and batch != batches and now - self._last_line < PROGRESS_SECONDS
                 and not (self.tty and now - self._last_line >= 1)):
             return
         rate = self._interval_images / max(now - self._last_line, 1e-9)
         self._interval_images, self._last_line = 0, now
         self.progress(epoch, batch, batches, float(loss), rate)
+
+    TIMED_STEPS = 5  # steps timed after the first (which pays for warm-up) before estimating an epoch
+
+    def _estimate_epoch(self, batch: int, batches: int, now: float) -> None:
+        """Once per run: how long an epoch will take, from the first steps after the warm-up step."""
+        if self._estimated:
+            return
+        if self._first_step_end is None:
+            self._first_step_end, self._first_batch = now, batch
+            return
+        timed = batch - self._first_batch
+        if timed >= min(self.TIMED_STEPS, batches - self._first_batch) and timed > 0:
+            per_step = (now - self._first_step_end) / timed
+            self._estimated = True
+            log.info("timing: %.2f s per step; one epoch of %d steps takes about %s (plus validation)",
+                     per_step, batches, _duration(per_step * batches))
 
     def progress(self, epoch: int, batch: int, batches: int, loss: float, images_per_sec: float) -> None:
         elapsed = time.monotonic() - self._t0
@@ -109,6 +127,14 @@ class RunWriter(NullWriter):
             metrics = {f"hparam/{k}": v for k, v in final.items()}
             self.tb.add_hparams(self.hparams, metrics, run_name="hparams")
         self.tb.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def writer_for(rank: int, run_dir: str, log_interval: int = 20) -> NullWriter:

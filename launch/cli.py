@@ -30,6 +30,22 @@ CONFIG_OPTION = typer.Option(None, "--config", help="TOML file of options (keys 
                              "the command line wins over the file.", rich_help_panel=RUNTIME)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from launch.run_local import versions
+
+        v = versions()
+        out.print(f"distrain {v['distrain']} (torch {v['torch']}, torchvision {v['torchvision']}, "
+                  f"python {v['python']})", markup=False, highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print distrain's version and exit.",
+                                       callback=_version, is_eager=True)):
+    """Train torchvision image classifiers on one GPU, many nodes, or a SLURM cluster."""
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """One red line on stderr saying what is wrong and how to fix it."""
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
@@ -74,7 +90,7 @@ def train(cli: dict, config: Optional[Path] = CONFIG_OPTION):
 
     try:
         cfg = build_config(cli, config)
-        code = start.train_in_place(cfg, out=out, warn=warn)
+        code = start.train_in_place(cfg, command_line("train", cli, config), out=out, warn=warn)
     except ConfigError as e:
         raise fail(str(e)) from None
     raise typer.Exit(code)

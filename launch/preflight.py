@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 
 from distrib.config import ConfigError, RunConfig
-from distrib.layout import check_dataset, scan_images
+from distrib.layout import check_dataset, count_images, scan_images
 from launch import topology
 
 MIN_FREE_BYTES = 2 * 1024**3  # room for last.pt + best.pt of a large model, with headroom
@@ -40,6 +40,21 @@ def check_data(cfg: RunConfig) -> Check:
     except ConfigError as e:
         return Check("data", False, str(e))
     return Check("data", True, f"{cfg.data}: {len(classes)} classes in train/ and val/")
+
+
+def check_batch_fits(cfg: RunConfig, plan: topology.Plan) -> Check | None:
+    """Every process needs one whole batch of training images per epoch; counting stops once there are
+    enough, so a large dataset costs a few directory reads, not a full listing."""
+    if cfg.synthetic or not cfg.data:
+        return None
+    need = cfg.batch_size * plan.min_nodes * plan.procs_per_node
+    have = count_images(os.path.join(cfg.data, "train"), stop_at=need)
+    if have >= need:
+        return None
+    most = max(1, have // (plan.min_nodes * plan.procs_per_node))
+    return Check("batch", False, f"{have} training images cannot fill one batch of {cfg.batch_size} on each of "
+                 f"{plan.min_nodes * plan.procs_per_node} process(es)",
+                 f"use --batch-size {most} or less, or fewer processes")
 
 
 def check_gpus(cfg: RunConfig, plan: topology.Plan, gpus_here: int) -> Check:
@@ -133,6 +148,8 @@ def cheap_checks(cfg: RunConfig, plan: topology.Plan | None, here: bool = True) 
             checks.append(check_resume(cfg))
     if plan is not None:
         checks += [check_gpus(cfg, plan, topology.visible_gpus()), check_rendezvous(cfg, plan)]
+        if checks[0].ok:
+            checks.append(check_batch_fits(cfg, plan))
     return [c for c in checks if c is not None and not c.ok]
 
 

@@ -1,26 +1,16 @@
-"""`distrain status RUN_DIR`: the job's state, the last finished epoch, the best accuracy, the log's tail."""
+"""What a run dir says about its run, in words: `distrain status RUN_DIR`, and the summary printed when a
+run ends (or is launched again when already complete). Torch-free: it reads the run dir's small files."""
 
 from __future__ import annotations
 
 import glob
-import json
 import os
+import shlex
 from pathlib import Path
 
 from distrib.config import ConfigError
-
-
-def last_rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-    return rows
+from distrib.paths import RunPaths
+from launch import run_dir as rd
 
 
 def newest_log(run_dir: Path) -> str | None:
@@ -35,27 +25,112 @@ def tail(path: str, lines: int = 10) -> list[str]:
         return fh.read().decode(errors="replace").splitlines()[-lines:]
 
 
-def show(run_dir: Path, out) -> None:
-    if not run_dir.is_dir():
-        raise ConfigError(f"run dir {run_dir} does not exist; pass a folder made by distrain launch")
-    launch = json.loads((run_dir / "launch.json").read_text()) if (run_dir / "launch.json").exists() else {}
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    h, rem = divmod(seconds, 3600)
+    return f"{h} h {rem // 60:02d} min" if h else f"{rem // 60} min {rem % 60:02d} s"
+
+
+def summary(run_dir: str, data: str | None = None) -> list[str]:
+    """Best and final accuracy, time, throughput, the checkpoints and the commands that use them."""
+    paths = RunPaths(run_dir)
+    rows = rd.metrics_rows(paths)
+    if not rows:
+        return [f"no finished epoch in {run_dir} yet"]
+    best = max(rows, key=lambda r: r["val_acc1"])
+    last = rows[-1]
+    seconds = sum(r["epoch_seconds"] for r in rows)
+    images = sum(r["images_per_sec"] * r["epoch_seconds"] for r in rows)
+    wall = (rd.outcome(paths) or {}).get("wall_seconds") or seconds
+    ema = " (EMA weights)" if "val_ema_acc1" in best else ""
+    lines = [f"  best acc1 {best['val_acc1']:.2f}% at epoch {best['epoch']}{ema}; final acc1 {last['val_acc1']:.2f}%, "
+             f"acc5 {last['val_acc5']:.2f}% (epoch {last['epoch']})",
+             f"  {len(rows)} epoch(s), wall time {_duration(wall)}, {images / max(seconds, 1e-9):,.0f} img/s "
+             f"training on average",
+             f"  best.pt  {paths.best}",
+             f"  last.pt  {paths.last}"]
+    q = shlex.quote
+    data_arg = f" --data {q(data)}" if data else " --data DATA"
+    lines += ["next:",
+              f"  distrain eval --checkpoint {q(paths.best)}{data_arg}",
+              f"  distrain predict --checkpoint {q(paths.best)} IMAGES...",
+              f"  distrain export --checkpoint {q(paths.best)} --format onnx --output {q(run_dir + '/export')}",
+              f"  distrain tensorboard {q(os.path.dirname(run_dir) or '.')}"]
+    return lines
+
+
+def state(run_dir: Path) -> tuple[str, str]:
+    """(running | finished | stopped | failed | not started, a few words of detail)."""
+    paths = RunPaths(str(run_dir))
+    launch = rd._read_json(paths.launch_record) or {}
     job_id = launch.get("job_id")
+    where = rd.position(paths) or {}
+    epochs = where.get("epochs") or _configured_epochs(paths)
+    done = where.get("epoch", 0)
     if job_id:
         from slurm.submit import job_state
 
-        out.print(f"job {job_id}: {job_state(job_id) or 'unknown (not in squeue, no accounting)'}")
-    else:
-        out.print(f"launched with {launch.get('mode', 'unknown')} on {launch.get('host', '?')}")
-    rows = last_rows(run_dir)
-    if rows:
-        last = rows[-1]
-        best = max(r["val_acc1"] for r in rows)
-        out.print(f"last finished epoch {last['epoch']}: val acc1 {last['val_acc1']:.2f}%, "
-                  f"train loss {last['train_loss']:.4f}; best acc1 {best:.2f}%")
-    else:
-        out.print("no finished epoch yet")
+        slurm_state = job_state(job_id) or "unknown (not in squeue, no accounting)"
+        word = {"RUNNING": "running", "PENDING": "pending", "COMPLETED": "finished", "FAILED": "failed",
+                "CANCELLED": "stopped", "TIMEOUT": "stopped", "PREEMPTED": "stopped"}.get(slurm_state, slurm_state)
+        if word == "finished" and epochs and done < epochs:
+            word = "stopped"
+        return word, f"SLURM job {job_id}: {slurm_state}"
+    outcome = rd.outcome(paths) or {}
+    word = outcome.get("state", "not started" if not where else "stopped")
+    if word == "running" and not _alive(outcome):
+        word = "failed"
+        return word, "its launcher is gone without saying how it ended (killed, or the machine went down)"
+    return word, f"launched with {launch.get('mode', '?')} on {launch.get('host', '?')}"
+
+
+def _alive(outcome: dict) -> bool:
+    import socket
+
+    if outcome.get("host") != socket.gethostname():
+        return True  # another machine's launcher: we cannot tell, assume it runs
+    try:
+        os.kill(int(outcome.get("pid", 0)), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _configured_epochs(paths: RunPaths) -> int | None:
+    cfg = rd.recorded_config(paths)
+    return cfg.epochs if cfg else None
+
+
+def show(run_dir: Path, out) -> None:
+    paths = RunPaths(str(run_dir))
+    if not run_dir.is_dir():
+        raise ConfigError(f"run dir {run_dir} does not exist; pass a folder made by distrain launch")
+    if not any(os.path.exists(p) for p in (paths.config, paths.launch_record, paths.metrics, paths.checkpoints)):
+        raise ConfigError(f"{run_dir} is not a distrain run dir (no config.toml, metrics or checkpoints); pass "
+                          "the folder `distrain launch` printed as its run dir")
+    word, detail = state(run_dir)
+    where = rd.position(paths) or {}
+    epochs = where.get("epochs") or _configured_epochs(paths)
+    progress = f"epoch {where.get('epoch', 0)} of {epochs}" if epochs else "no checkpoint yet"
+    if where.get("batch"):
+        progress += f" (stopped inside it, at step {where['batch']} of {where.get('batches', '?')})"
+    out.print(f"{run_dir}: [bold]{word}[/], {progress} done; {detail}", soft_wrap=True)
+    for line in summary(str(run_dir))[:4]:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    failure = _failure_line(str(run_dir)) if word == "failed" else None
+    if failure:
+        out.print(f"  failed: {failure}", markup=False, highlight=False, soft_wrap=True)
     log = newest_log(run_dir)
     if log:
         out.print(f"--- {log}")
         for line in tail(log):
             out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _failure_line(run_dir: str) -> str | None:
+    from launch.run_local import rank_failure
+
+    failure = rank_failure(run_dir)
+    return str(failure) if failure else None

@@ -7,10 +7,14 @@ import shlex
 import subprocess
 import sys
 
+import time
+
 from distrib import workers
 from distrib.config import ConfigError, RunConfig, write_run_config
-from launch import preflight, topology
-from launch.run_local import run, write_launch_record
+from distrib.failure import clear as clear_failures
+from distrib.paths import RunPaths
+from launch import preflight, run_dir, run_status, topology
+from launch.run_local import rank_failure, run, write_launch_record
 
 STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command resumes
 
@@ -19,6 +23,16 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     """`typed` is the user's own `distrain launch ...` line: what every node runs, kept in launch.json."""
     cfg.validate()
     plan = topology.make_plan(cfg, topology.visible_gpus(), topology.allocation_nodes())
+    check_precision(cfg, plan.device)
+    paths = RunPaths(cfg.run_dir)
+    if not dry_run:
+        decision = run_dir.decide(cfg)  # torch-free: a complete run answers in well under a second
+        if decision == run_dir.COMPLETE:
+            out.print(f"[green]run complete[/]: {cfg.run_dir} has trained all {cfg.epochs} epoch(s); nothing to do "
+                      "(raise --epochs to train on, or --overwrite to start again).", soft_wrap=True)
+            for line in run_status.summary(cfg.run_dir, cfg.data):
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
+            return 0
     # A dry run is often prepared for another machine: what it cannot see from here is only a warning.
     problems = preflight.cheap_checks(cfg, plan, here=not dry_run)
     fatal = [p for p in problems if not p.warning]
@@ -26,38 +40,81 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
         raise ConfigError(fatal[0].message)
     for p in problems:
         warn(p.message)
-    config_path = os.path.join(cfg.run_dir, "config.toml")
+    if not dry_run and cfg.overwrite:
+        run_dir.clear(paths)
     if cfg.slurm:
         from launch import slurm_launch
 
         return slurm_launch.launch(cfg, plan, typed, dry_run, out)
-    argv = _node_argv(plan, cfg, config_path)
+    argv = _node_argv(plan, cfg, paths.config)
     if dry_run:
         out.print(describe(plan, cfg, argv, typed), soft_wrap=True, markup=False)
         return 0
-    write_run_config(cfg, config_path)
+    write_run_config(cfg, paths.config)
     write_launch_record(cfg.run_dir, {"distrain": typed, "mode": plan.mode, "world_size": plan.world_size,
                                       "command": argv, "nnodes": plan.nnodes, "procs_per_node": plan.procs_per_node})
     out.print(_headline(plan, cfg), soft_wrap=True)
-    return run_here(cfg, plan, argv, out)
+    return run_here(cfg, plan, argv, typed, out)
 
 
-def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], out) -> int:
-    """Run this node's torchrun to the end; a stop request ends it at a step boundary with last.pt written."""
-    stop_file = os.path.join(cfg.run_dir, "STOP")
-    _remove(stop_file)  # a stop request belongs to the run that received it
-    code, signalled = run(argv, _rank_environment(plan), stop_file, say=lambda m: out.print(f"[yellow]{m}[/]"))
-    stopped = os.path.exists(stop_file)
-    _remove(stop_file)
-    if code == 0 and (signalled or stopped):
-        out.print(f"[yellow]stopped[/] by {signalled or stop_file}: last.pt is in {cfg.run_dir}/checkpoints; "
-                  "run the same command to resume.", soft_wrap=True)
-        return {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}.get(signalled, STOPPED_EXIT)
+def check_precision(cfg: RunConfig, device: str) -> None:
+    if cfg.amp == "fp16" and device == "cpu":
+        raise ConfigError("--amp fp16 needs a CUDA GPU (fp16 autocast and its gradient scaler are for GPUs); on the "
+                          "CPU use --amp off (the default there) or --amp bf16")
+
+
+def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], typed: list[str], out) -> int:
+    """Run this node's torchrun to the end; a stop request ends it at a step boundary with last.pt written.
+    torchrun's own stderr (its failure dump) goes to RUN_DIR/logs/torchrun.err; the user sees the failing
+    rank's one line instead."""
+    paths = RunPaths(cfg.run_dir)
+    _remove(paths.stop)  # a stop request belongs to the run that received it
+    clear_failures(cfg.run_dir)
+    run_dir.write_outcome(paths, "running")
+    started = time.monotonic()
+    code, signalled = run(argv, _rank_environment(plan), paths.stop, say=lambda m: out.print(f"[yellow]{m}[/]"),
+                          stderr_path=os.path.join(paths.logs, "torchrun.err"))
+    stopped = os.path.exists(paths.stop)
+    _remove(paths.stop)
+    return finish(cfg, code, signalled or (paths.stop if stopped else None), time.monotonic() - started, typed, out)
+
+
+def finish(cfg: RunConfig, code: int, stopped_by: str | None, seconds: float, typed: list[str], out) -> int:
+    """Say how the run ended (summary, stop position and the resume command, or the failing rank's line),
+    record it in outcome.json, and return the exit code."""
+    paths = RunPaths(cfg.run_dir)
+    wall = ((run_dir.outcome(paths) or {}).get("wall_seconds") or 0.0) + seconds
+    if code == 0 and stopped_by:
+        where = run_dir.position(paths) or {}
+        run_dir.write_outcome(paths, "stopped", wall_seconds=wall)
+        at = (f"epoch {where.get('epoch')}, step {where.get('batch')} of {where.get('batches')}"
+              if where.get("batch") else f"the end of epoch {where.get('epoch', 1) - 1}")
+        out.print(f"[yellow]stopped[/] by {stopped_by} at {at}; {paths.last} is written. Resume with the same "
+                  f"command:\n  {shlex.join(typed)}", soft_wrap=True, highlight=False)
+        return {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}.get(stopped_by, STOPPED_EXIT)
     if code != 0:
-        out.print(f"[red]run failed[/] (torchrun exit {code}); per-rank logs are in {cfg.run_dir}/logs",
-                  soft_wrap=True)
+        run_dir.write_outcome(paths, "failed", wall_seconds=wall)
+        failure = rank_failure(cfg.run_dir)
+        if failure is None:
+            out.print(f"[red]run failed[/] (torchrun exit {code}); see {paths.logs}/torchrun.err and the per-rank "
+                      f"logs in {paths.logs}", soft_wrap=True)
+            return 1
+        if failure.bad_input:
+            err_print(f"[bold red]error:[/] {failure.message}")
+            return 2
+        out.print(f"[red]run failed[/]: {failure}", soft_wrap=True, highlight=False)
         return 1
+    run_dir.write_outcome(paths, "finished", wall_seconds=wall)
+    out.print(f"[green]run finished[/]: {cfg.run_dir}", soft_wrap=True)
+    for line in run_status.summary(cfg.run_dir, cfg.data):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def err_print(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(message, soft_wrap=True)
 
 
 def _remove(path: str) -> None:
@@ -109,21 +166,41 @@ def describe(plan: topology.Plan, cfg: RunConfig, argv: list[str], launch_argv: 
     return "\n".join(lines)
 
 
-def train_in_place(cfg: RunConfig, out, warn) -> int:
+def train_in_place(cfg: RunConfig, typed: list[str], out, warn) -> int:
     """`distrain train`: this process is one rank (or the whole run, outside torchrun)."""
     cfg.validate()
+    device = "cpu" if cfg.device == "cpu" else "cuda" if topology.visible_gpus() else "cpu"
+    if cfg.device == "cuda" and device == "cpu":
+        raise ConfigError("--device cuda: no CUDA GPU is visible here; use --device cpu, or run where the GPUs are")
+    check_precision(cfg, device)
+    single = "TORCHELASTIC_RUN_ID" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if single:  # the whole run is this process: the run-dir rules apply as for launch
+        if run_dir.decide(cfg) == run_dir.COMPLETE:
+            out.print(f"[green]run complete[/]: {cfg.run_dir} has trained all {cfg.epochs} epoch(s); nothing to do.")
+            for line in run_status.summary(cfg.run_dir, cfg.data):
+                out.print(line, markup=False, highlight=False, soft_wrap=True)
+            return 0
     for p in preflight.cheap_checks(cfg, None, here=True):
         if not p.warning:
             raise ConfigError(p.message)
+    if single and cfg.overwrite:
+        run_dir.clear(RunPaths(cfg.run_dir))
     os.makedirs(cfg.run_dir, exist_ok=True)
     workers.start_server(cfg.workers)  # the loader workers' fork server imports torch beside us
     from distrib import train  # torch is imported here, only when a rank really runs
 
     if int(os.environ.get("RANK", "0")) == 0:
-        write_run_config(cfg, os.path.join(cfg.run_dir, "config.toml"))
-    result = train.main(cfg)
-    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ  # a clean stop is no failure for the agent
-    return STOPPED_EXIT if result == "stopped" and not under_torchrun else 0
+        write_run_config(cfg, RunPaths(cfg.run_dir).config)
+    if not single:
+        result = train.main(cfg)
+        return 0  # under torchrun a clean stop is no failure for the agent
+    run_dir.write_outcome(RunPaths(cfg.run_dir), "running")
+    started = time.monotonic()
+    try:
+        result = train.main(cfg)
+    except KeyboardInterrupt:
+        result = "stopped"
+    return finish(cfg, 0, "request" if result == "stopped" else None, time.monotonic() - started, typed, out)
 
 
 def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) -> int:
@@ -140,9 +217,12 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) 
     use_model.check_classes(record, cli["data"])
     pre = use_model.settle_preprocessing(record, cli, warn)
     workers = cli.get("workers", use_model.max_workers(nprocs))
+    # Training's own batch size and precision by default: the figures then match its metrics row exactly.
+    trained = record.config
     cfg = RunConfig(data=cli["data"], arch=record.arch, image_size=pre.crop_size, val_crop_size=pre.crop_size,
-                    val_resize_size=pre.resize_size, batch_size=cli.get("batch_size", 64), workers=workers,
-                    gpus=gpus, procs=procs, resume="never", run_dir="eval",
+                    val_resize_size=pre.resize_size, batch_size=cli.get("batch_size", trained.get("batch_size", 64)),
+                    workers=workers, gpus=gpus, procs=procs, resume="never", run_dir="eval",
+                    amp=trained.get("amp", "off") if gpus else "off", channels_last=bool(trained.get("channels_last")),
                     device="cpu" if gpus == 0 else "cuda").validate()
     args = [str(checkpoint)] + (["--json"] if as_json else [])
     return use_model.run_tool("eval", cfg, args, nprocs, out)

@@ -32,6 +32,7 @@ class ModelRecord:
     arch: str
     classes: list[str]
     preprocessing: Preprocessing
+    config: dict  # the run's options as trained (batch size, precision, ...)
 
 
 def read_checkpoint(path) -> ModelRecord:
@@ -45,7 +46,7 @@ def read_checkpoint(path) -> ModelRecord:
                           "names or preprocessing); give RUN_DIR/checkpoints/best.pt or last.pt, or fine-tune "
                           "from it with `distrain launch --weights`")
     pre = Preprocessing.of_checkpoint(ckpt) or Preprocessing.from_config(RunConfig(synthetic=True))
-    return ModelRecord(path, ckpt["arch"], list(ckpt["classes"]), pre)
+    return ModelRecord(path, ckpt["arch"], list(ckpt["classes"]), pre, dict(ckpt.get("config") or {}))
 
 
 def settle_preprocessing(record: ModelRecord, cli: dict, warn) -> Preprocessing:
