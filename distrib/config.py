@@ -157,20 +157,23 @@ class RunConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if f.metadata["group"] == TRAINING and f.name not in NOT_TRAINING_MATH}
         if out.get("data"):
-            out["data"] = os.path.abspath(out["data"])
+            out["data"] = os.path.normpath(out["data"])
         return out
 
     def with_run_dir(self) -> "RunConfig":
-        """Fill in the default run dir once: runs/<arch>-<hash of the data and the training math>. The same
-        command (on any node, at any time, with more --epochs) finds the same run and resumes it."""
+        """Fill in the default run dir once: runs/<arch>-<hash of the data path and the training math>.
+        The same command (on any node, at any time, with more --epochs) finds the same run and resumes it.
+        Only values that differ from the defaults enter the hash, so a new option leaves old names alone;
+        the data path is hashed as typed (relative paths go with the relative runs/ folder)."""
         if self.run_dir:
             return self
         import hashlib
         import json
 
-        key = json.dumps(self.training_math(), sort_keys=True, default=str)
-        name = f"{self.arch}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-        return dataclasses.replace(self, run_dir=os.path.join("runs", name))
+        defaults = RunConfig().training_math()
+        key = {k: v for k, v in self.training_math().items() if v != defaults.get(k)}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return dataclasses.replace(self, run_dir=os.path.join("runs", f"{self.arch}-{digest}"))
 
     def to_toml_dict(self) -> dict:
         """Plain TOML-able values: None is left out (TOML has no null)."""

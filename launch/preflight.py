@@ -69,15 +69,16 @@ def check_gpus(cfg: RunConfig, plan: topology.Plan, gpus_here: int) -> Check:
 def check_resume(cfg: RunConfig) -> Check | None:
     """A checkpoint to resume from must fit the model and data; only then is torch imported here."""
     path = os.path.join(cfg.run_dir, "checkpoints", "last.pt") if cfg.resume == "auto" else cfg.resume
-    if cfg.resume == "never" or not os.path.isfile(path):
+    if cfg.resume == "never" or not os.path.isfile(path) or cfg.overwrite and cfg.resume == "auto":
         return None
     from distrib import checkpoint
 
     try:
         ckpt = checkpoint.load(path)
         classes = ckpt.get("classes") if cfg.synthetic else check_dataset(cfg.data)
-        checkpoint.check_fits(ckpt, path, cfg.arch, classes)
-    except (checkpoint.CheckpointError, ConfigError) as e:
+        checkpoint.check_fits(ckpt, path, cfg.arch, classes, fix="or another --run-dir, or --overwrite to "
+                              "start afresh there" if cfg.resume == "auto" else "or --resume never to start afresh")
+    except ConfigError as e:
         return Check("resume", False, str(e))
     return Check("resume", True, f"resumes {path} at epoch {ckpt['epoch']}")
 

@@ -74,7 +74,8 @@ def test_ctrl_c_stops_cleanly_and_relaunch_resumes(imagefolder, tmp_path, how):
     code = proc.wait(timeout=120)
     text = log.read_text()
     assert code == (130 if how == "ctrl-c" else 143), text
-    assert "stopped" in text and "run the same command to resume" in text and "Traceback" not in text
+    assert "stopped" in text and "Resume with the same command" in text and "Traceback" not in text
+    assert "--run-dir " + str(run_dir) in text.split("Resume with the same command")[1]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     done_before = len(metrics(run_dir))
     assert ckpt["epoch"] * 3 + ckpt["batch"] == ckpt["step"]  # a consistent step boundary

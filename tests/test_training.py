@@ -48,8 +48,9 @@ def test_only_rank_zero_writes(two_rank_run):
     assert {"logs/rank0.log", "logs/rank1.log"} <= logs  # per-rank logs are the exception, by design
     rest = written - logs
     assert {"config.toml", "launch.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"} <= rest
-    assert all(p.startswith("tb/") for p in rest - {"config.toml", "launch.json", "metrics.jsonl",
-                                                    "checkpoints/last.pt", "checkpoints/best.pt"}), rest
+    records = {"config.toml", "launch.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
+               "position.json", "outcome.json"}  # position.json: rank 0, beside last.pt; outcome.json: the launcher
+    assert all(p.startswith("tb/") for p in rest - records), rest
 
 
 def test_checkpoint_loads_weights_only_without_module_prefix(two_rank_run):
