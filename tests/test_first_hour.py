@@ -73,11 +73,12 @@ def test_resume_never_into_a_used_run_dir_loses_nothing_and_overwrite_replaces_a
     proc = distrain(*command, "--run-dir", copy, "--resume", "never", cwd=workdir)
     assert proc.returncode == 2 and "already holds a run" in proc.stderr, proc.all
     assert sha(copy / "checkpoints" / "best.pt") == before
-    old_events = set((copy / "tb").iterdir())
+    old_events = {p for p in (copy / "tb").rglob("events.out.tfevents.*")}
+    assert old_events
     proc = distrain(*command, "--run-dir", copy, "--resume", "never", "--overwrite", "--seed", "1", cwd=workdir)
     assert_ok(proc)
     assert [r["epoch"] for r in metrics(copy)] == [0]  # one run's rows only
-    assert not old_events & set((copy / "tb").iterdir()), "the old run's TensorBoard events were removed"
+    assert not old_events & set((copy / "tb").rglob("events.out.tfevents.*")), "old TensorBoard events remain"
 
 
 def test_status_says_finished_and_refuses_a_folder_that_is_not_a_run(workdir, finished):
