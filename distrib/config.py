@@ -62,7 +62,14 @@ class RunConfig:
     synthetic: bool = opt(False, TRAINING, "Random images instead of --data (smoke tests, benchmarks).")
     arch: str = opt("resnet50", TRAINING, "Any torchvision classification model name.")
     pretrained: bool = opt(False, TRAINING, "Start from torchvision's default weights.")
-    weights: str | None = opt(None, TRAINING, "Start from a local weights file.")
+    weights: str | None = opt(None, TRAINING, "Start from a local weights file: a state_dict (bare, or under "
+                              "state_dict/model/model_state_dict; module. or _orig_mod. prefixes), .safetensors, a "
+                              "distrain checkpoint or export. The classifier is replaced if the class count differs.")
+    # --- fine-tuning (issue 11)
+    freeze_backbone: bool = opt(False, TRAINING, "Train only the classifier; the rest (BatchNorm statistics "
+                                "included) stays exactly as loaded.")
+    head_lr_mult: float = opt(1.0, TRAINING, "The classifier's learning rate is this times the rest's.")
+    # --- end fine-tuning
     epochs: int = opt(90, TRAINING, "Epochs to train.")
     batch_size: int = opt(32, TRAINING, "Images per process per step.")
     lr: float = opt(0.1, TRAINING, "Learning rate for a global batch of 256 (scaled linearly).")
@@ -127,6 +134,11 @@ class RunConfig:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
         if self.strategy == "dp" and hi > 1:
             raise ConfigError("--strategy dp runs one process on one node; use --strategy ddp with --nodes > 1")
+        if self.head_lr_mult <= 0:
+            raise ConfigError(f"--head-lr-mult {self.head_lr_mult} must be positive (1 = the same lr as the rest)")
+        if self.freeze_backbone and self.sync_bn:
+            raise ConfigError("--freeze-backbone keeps every BatchNorm's statistics as loaded, so --sync-bn has "
+                              "nothing to synchronise; drop --sync-bn")
         if self.pretrained and self.weights:
             raise ConfigError("--pretrained and --weights both given; keep one of them")
         if not self.synthetic and not self.data:
