@@ -143,8 +143,9 @@ class RunConfig:
             raise ConfigError("--pretrained and --weights both given; keep one of them")
         if not self.synthetic and not self.data:
             raise ConfigError("no data: pass --data DIR (an ImageFolder root with train/ and val/) or --synthetic")
-        if self.weights and not os.path.isfile(self.weights):
-            raise ConfigError(f"--weights {self.weights}: no such file; give a local .pt/.pth state dict")
+        if self.weights and not os.path.exists(self.weights):
+            raise ConfigError(f"--weights {self.weights}: no such file; give a local .pt/.pth/.safetensors "
+                              "state dict or a distrain export folder")
         if self.resume not in ("auto", "never") and not os.path.isfile(self.resume):
             raise ConfigError(f"--resume {self.resume}: no such checkpoint file; give a .pt path, 'auto' or 'never'")
         for f in fields(self):
