@@ -2,6 +2,7 @@
 
     python -m distrib train RUN_DIR/config.toml
     python -m distrib eval CHECKPOINT [--json] CONFIG.toml
+    python -m distrib predict CHECKPOINT TOPK CONFIG.toml
 
 The run's config.toml is always the last argument; failures are recorded in its folder's logs/.
 """
@@ -43,6 +44,13 @@ def run(argv: list[str]) -> int:
         from distrib import evaluate
 
         evaluate.main(argv[1], cfg, as_json="--json" in argv[2:-1])
+        return 0
+    if argv[:1] == ["predict"] and len(argv) == 4:
+        cfg = read_run_config(argv[-1])
+        workers.start_server(cfg.workers)  # before torch is imported here
+        from distrib import predict
+
+        predict.main(argv[1], int(argv[2]), cfg)
         return 0
     print(__doc__, file=sys.stderr)
     return 2

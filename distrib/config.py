@@ -66,7 +66,14 @@ class RunConfig:
     synthetic: bool = opt(False, TRAINING, "Random images instead of --data (smoke tests, benchmarks).")
     arch: str = opt("resnet50", TRAINING, "Any torchvision classification model name.")
     pretrained: bool = opt(False, TRAINING, "Start from torchvision's default weights.")
-    weights: str | None = opt(None, TRAINING, "Start from a local weights file.")
+    weights: str | None = opt(None, TRAINING, "Start from a local weights file: a state_dict (bare, or under "
+                              "state_dict/model/model_state_dict; module. or _orig_mod. prefixes), .safetensors, a "
+                              "distrain checkpoint or export. The classifier is replaced if the class count differs.")
+    # --- fine-tuning (issue 11)
+    freeze_backbone: bool = opt(False, TRAINING, "Train only the classifier; the rest (BatchNorm statistics "
+                                "included) stays exactly as loaded.")
+    head_lr_mult: float = opt(1.0, TRAINING, "The classifier's learning rate is this times the rest's.")
+    # --- end fine-tuning
     epochs: int = opt(90, TRAINING, "Epochs to train.")
     batch_size: int = opt(32, TRAINING, "Images per process per step.")
     lr: float = opt(0.1, TRAINING, "Learning rate for a global batch of 256 (scaled linearly).")
@@ -137,12 +144,18 @@ class RunConfig:
         if self.strategy == "dp" and self.procs > 1:
             raise ConfigError(f"--strategy dp runs one process (nn.DataParallel over the node's GPUs), not --procs "
                               f"{self.procs}; use --strategy ddp --procs {self.procs}, or drop --procs")
+        if self.head_lr_mult <= 0:
+            raise ConfigError(f"--head-lr-mult {self.head_lr_mult} must be positive (1 = the same lr as the rest)")
+        if self.freeze_backbone and self.sync_bn:
+            raise ConfigError("--freeze-backbone keeps every BatchNorm's statistics as loaded, so --sync-bn has "
+                              "nothing to synchronise; drop --sync-bn")
         if self.pretrained and self.weights:
             raise ConfigError("--pretrained and --weights both given; keep one of them")
         if not self.synthetic and not self.data:
             raise ConfigError("no data: pass --data DIR (an ImageFolder root with train/ and val/) or --synthetic")
-        if self.weights and not os.path.isfile(self.weights):
-            raise ConfigError(f"--weights {self.weights}: no such file; give a local .pt/.pth state dict")
+        if self.weights and not os.path.exists(self.weights):
+            raise ConfigError(f"--weights {self.weights}: no such file; give a local .pt/.pth/.safetensors "
+                              "state dict or a distrain export folder")
         if self.resume not in ("auto", "never") and not os.path.isfile(self.resume):
             raise ConfigError(f"--resume {self.resume}: no such checkpoint file; give a .pt path, 'auto' or 'never'")
         for f in fields(self):

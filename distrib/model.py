@@ -2,73 +2,65 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 
 import torch
 import torch.nn as nn
 import torchvision
 
-from distrib import checkpoint
+from distrib import weights
+from distrib.config import ConfigError
 from distrib.env import DistEnv
 
 log = logging.getLogger("distrain")
 
 
-def build_model(arch: str, num_classes: int, pretrained: bool, weights_path: str | None, env: DistEnv) -> nn.Module:
-    """torchvision.models.get_model; with weights, the classifier head is replaced if the class count differs."""
+def build_model(arch: str, num_classes: int, pretrained: bool, weights_path: str | None, env: DistEnv,
+                freeze_backbone: bool = False) -> nn.Module:
+    """torchvision.models.get_model, from torchvision's weights (--pretrained), a weights file (--weights,
+    any layout distrib/weights.py reads) or scratch; the classifier is replaced only if the class count
+    differs. freeze_backbone: only the classifier trains (see freeze_all_but_head)."""
     if pretrained:
-        model = _download_once_per_node(arch, env)
+        model = weights.replace_head(_pretrained_from_cache(arch), num_classes)
+    elif weights_path:
+        model = weights.build_from_state(weights.read_state_dict(weights_path), weights_path, arch, num_classes)
     else:
-        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes if not weights_path else 1000)
-        if weights_path:
-            state = checkpoint.load(weights_path)  # weights_only=True: a file that would run code is refused
-            state = state.get("model", state)
-            model = _fit_head_to(model, _head_size(state))
-            model.load_state_dict(_strip_module_prefix(state))
-    return _fit_head_to(model, num_classes)
-
-
-def _download_once_per_node(arch: str, env: DistEnv) -> nn.Module:
-    """Local rank 0 downloads torchvision's default weights; the node's other ranks wait, then read the cache."""
-    from distrib.process_group import barrier
-
-    if not env.is_local_main:
-        barrier()
-    model = torchvision.models.get_model(arch, weights="DEFAULT")
-    if env.is_local_main:
-        barrier()
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if freeze_backbone:
+        freeze_all_but_head(model)
     return model
 
 
-def _strip_module_prefix(state: dict) -> dict:
-    return {k.removeprefix("module."): v for k, v in state.items()}
+def _pretrained_from_cache(arch: str) -> nn.Module:
+    """torchvision's default weights, read from the torch hub cache. Ranks never download: compute nodes
+    often have no network, and the launcher has put the file there (launch/pretrained.py)."""
+    url, path = weights.pretrained_file(arch)
+    if not os.path.isfile(path):
+        raise ConfigError(f"--pretrained: {os.path.basename(path)} is not in the torch hub cache ({path}) on "
+                          f"this node; fetch {url} into that folder, or launch where the launcher can download it")
+    return torchvision.models.get_model(arch, weights="DEFAULT")  # found in the cache: no download
 
 
-def _head_size(state: dict) -> int | None:
-    """Rows of the last 2-D weight in a state dict: the classifier's class count."""
-    weights = [v for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
-    return weights[-1].shape[0] if weights else None
-
-
-def _fit_head_to(model: nn.Module, num_classes: int | None) -> nn.Module:
-    """Replace the final nn.Linear when it predicts another number of classes (fine-tuning)."""
-    if num_classes is None:
-        return model
-    name, layer = _last_linear(model)
-    if layer is None or layer.out_features == num_classes:
-        return model
-    log.info("replacing classifier %s: %d -> %d classes", name, layer.out_features, num_classes)
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    setattr(parent, name.rpartition(".")[2], nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None))
-    return model
-
-
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear | None]:
-    found = ("", None)
+def freeze_all_but_head(model: nn.Module) -> None:
+    """Only the classifier trains: the backbone's parameters need no gradient, and its BatchNorm layers
+    stay in eval mode whatever model.train() says, so their running statistics stay bit-identical too."""
+    head = weights.head_name(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(f"{head}."))
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            found = (name, module)
-    return found
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(f"{head}."):
+            module.__class__ = _frozen(type(module))  # same object, same state_dict, only .train differs
+
+
+@functools.cache
+def _frozen(cls: type) -> type:
+    def train(self, mode: bool = True):
+        return super(frozen, self).train(False)
+
+    frozen = type(f"Frozen{cls.__name__}", (cls,), {"train": train, "__doc__": "Always in eval mode."})
+    return frozen
 
 
 def wrap_model(model: nn.Module, strategy: str, device: torch.device, env: DistEnv, sync_bn: bool,
@@ -89,6 +81,8 @@ def wrap_model(model: nn.Module, strategy: str, device: torch.device, env: DistE
         gradient_as_bucket_view=True,  # saves a gradient copy per bucket
         bucket_cap_mb=bucket_mb,
         static_graph=True,  # torchvision classifiers run the same graph every step: lets DDP skip bookkeeping
+        # (--freeze-backbone: DDP registers only parameters that need a gradient, so the frozen backbone is
+        # outside its buckets and the graph stays static; no find_unused_parameters needed)
     )
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from distrib.config import RunConfig
+from distrib.param_groups import param_groups
 
 
 def scaled_lr(cfg: RunConfig, global_batch: int) -> float:
@@ -16,14 +17,7 @@ def scaled_lr(cfg: RunConfig, global_batch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
-    if cfg.decay_norm_bias:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]
-    else:
-        # Norm scales and biases are 1-D: decaying them only hurts (torchvision's --norm-weight-decay 0).
-        decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    return torch.optim.SGD(param_groups(model, cfg, lr), lr=lr, momentum=cfg.momentum)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int):

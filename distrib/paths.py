@@ -67,3 +67,11 @@ class RunPaths:
     @property
     def outcome(self) -> str:
         return self._at("outcome.json")       # how the last attempt ended: finished, stopped or failed
+
+    # --- `distrain predict`'s scratch run dir
+    @property
+    def predict_inputs(self) -> str:
+        return self._at("predict-inputs.json")    # the image paths, in input order (the launcher writes it)
+
+    def predictions(self, rank: int) -> str:
+        return self._at("predictions", f"rank{rank}.jsonl")  # this rank's rows, for its contiguous slice

@@ -115,6 +115,62 @@ def evaluate(cli: dict,
     raise typer.Exit(code)
 
 
+# --- predict and export (issue 11)
+USE_OPTIONS = ("image_size", "val_crop_size", "val_resize_size")  # the checkpoint's preprocessing, overridden
+
+
+@app.command(epilog="[bold]Examples[/]\n\n"
+             "  distrain predict --checkpoint runs/r18/checkpoints/best.pt photos/ --topk 3 --output preds.csv\n\n"
+             "  distrain predict --checkpoint best.pt @list.txt --gpus 0 --procs 4 --output preds.jsonl\n\n"
+             "  distrain predict --model export-onnx/ photos/   (onnxruntime, no torch)")
+@run_options(TRAINING, skip=tuple(f for f in RunConfig.__dataclass_fields__
+                                  if f not in (*USE_OPTIONS, "batch_size", "workers")))
+def predict(cli: dict,
+            inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively, sorted) "
+                                               "or @LIST.txt (one path a line)."),
+            checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A distrain checkpoint."),
+            model: Optional[Path] = typer.Option(None, "--model", help="An ONNX export folder (distrain export "
+                                                 "--format onnx): runs on onnxruntime, without torch."),
+            topk: int = typer.Option(5, "--topk", help="Classes per image."),
+            output: Optional[Path] = typer.Option(None, "--output", help="x.csv, x.json or x.jsonl (the suffix "
+                                                  "picks the format); default: CSV on stdout."),
+            gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs (default: all visible; 0 = CPU).",
+                                               rich_help_panel=TOPOLOGY),
+            procs: int = typer.Option(1, "--procs", help="CPU processes (with --gpus 0).", rich_help_panel=TOPOLOGY)):
+    """Top-k classes and probabilities per image, in input order; an unreadable image is a row with an error."""
+    from launch import use_model
+
+    try:
+        code = use_model.predict(inputs, checkpoint, model, topk, output, cli, gpus, procs, out=out, warn=warn)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    raise typer.Exit(code)
+
+
+@app.command(name="export", epilog="[bold]Examples[/]\n\n"
+             "  distrain export --checkpoint runs/r18/checkpoints/best.pt --format onnx --output r18-onnx\n\n"
+             "  distrain export --checkpoint best.pt --format safetensors --output r18-st --sample data/val")
+@run_options(TRAINING, skip=tuple(f for f in RunConfig.__dataclass_fields__ if f not in USE_OPTIONS))
+def export_model(cli: dict,
+                 checkpoint: Path = typer.Option(..., "--checkpoint", help="A distrain checkpoint."),
+                 fmt: str = typer.Option(..., "--format", help="safetensors | onnx | torch-export."),
+                 output: Path = typer.Option(..., "--output", help="A new folder: the model file and model.json."),
+                 sample: Optional[list[str]] = typer.Option(None, "--sample", help="Images to check the export on "
+                                                            "(files, folders, @LIST.txt; up to 64 used); default: "
+                                                            "random pixels.")):
+    """A model file for another runtime, with model.json (classes, preprocessing, source sha256), checked."""
+    from launch import use_model
+
+    try:
+        if fmt not in use_model.EXPORT_FORMATS:
+            raise ConfigError(f"--format {fmt!r} is not one of {', '.join(use_model.EXPORT_FORMATS)}")
+        code = use_model.export(checkpoint, fmt, output, sample or [], cli, out=out, warn=warn)
+    except ConfigError as e:
+        raise fail(str(e)) from None
+    raise typer.Exit(code)
+# --- end predict and export
+
+
 @app.command()
 def tensorboard(runs_dir: Path = typer.Argument(Path("runs"), help="Folder holding the runs."),
                 port: int = typer.Option(6006, "--port", help="Port to serve on."),

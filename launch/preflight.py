@@ -83,6 +83,28 @@ def check_resume(cfg: RunConfig) -> Check | None:
     return Check("resume", True, f"resumes {path} at epoch {ckpt['epoch']}")
 
 
+def check_start_weights(cfg: RunConfig, here: bool) -> Check | None:
+    """--weights must fit --arch (refused before launch, naming an arch that fits); --pretrained weights must
+    be in the torch hub cache the ranks read, fetched now if they are not. torch only with these options."""
+    if cfg.weights:
+        from distrib import weights
+
+        try:
+            fit = weights.check_fit(weights.read_state_dict(cfg.weights), cfg.weights, cfg.arch)
+        except ConfigError as e:
+            return Check("weights", False, str(e))
+        return Check("weights", True, f"{cfg.weights} fits --arch {cfg.arch} (classifier {fit.head}: "
+                     f"{fit.file_classes} classes; replaced if the data has another count)")
+    if cfg.pretrained:
+        from launch import pretrained
+
+        try:
+            return Check("pretrained", True, pretrained.ensure_cached(cfg.arch, download=here))
+        except ConfigError as e:
+            return Check("pretrained", False, str(e), warning=not here)  # a dry run may be for another machine
+    return None
+
+
 def check_run_dir(cfg: RunConfig) -> Check:
     """Write a scratch file where the run dir will be (or its nearest existing parent): creates nothing."""
     folder = os.path.abspath(cfg.run_dir)
@@ -142,7 +164,7 @@ def _is_local(addrs: set[str]) -> bool:
 
 def cheap_checks(cfg: RunConfig, plan: topology.Plan | None, here: bool = True) -> list[Check]:
     """Failed checks only. `here=False` (dry run, another machine): skip what writes to this machine."""
-    checks = [check_data(cfg)]
+    checks = [check_data(cfg), check_start_weights(cfg, here)]
     if here:
         checks += [check_run_dir(cfg), check_disk(cfg)]
         if checks[0].ok:

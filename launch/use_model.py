@@ -8,6 +8,7 @@ torch is imported only inside these functions, when a checkpoint is really read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -90,32 +91,142 @@ def check_gpus(gpus: int | None) -> int:
     return visible if gpus is None else gpus
 
 
-def run_tool(tool: str, cfg: RunConfig, args: list[str], procs: int, out) -> int:
-    """Run `python -m distrib TOOL ARGS CONFIG` here (one process) or through torchrun (several); the
-    config lives in a temporary run dir that is removed afterwards, whatever happens."""
+@contextlib.contextmanager
+def scratch_run_dir(tool: str):
+    """A temporary run dir for a tool's config, inputs and outputs, removed afterwards whatever happens."""
     run_dir = tempfile.mkdtemp(prefix=f"distrain-{tool}-")
     try:
-        paths = RunPaths(run_dir)
-        from dataclasses import replace
-
-        cfg = replace(cfg, run_dir=run_dir)
-        write_run_config(cfg, paths.config)
-        if procs == 1:  # here, in this process: torch is already imported to read the checkpoint
-            from distrib.__main__ import run as rank_main
-
-            return rank_main([tool, *args, paths.config])
-        argv = topology.standalone_argv(sys.executable, procs, paths.torchrun_logs, [tool, *args, paths.config])
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if cfg.device == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
-        code, _ = run(argv, env, paths.stop, say=lambda m: None, stderr_path=os.path.join(paths.logs, "torchrun.err"))
-        if code == 0:
-            return 0
-        failure = rank_failure(run_dir)
-        if failure and failure.bad_input:
-            raise ConfigError(failure.message)  # the rank's own line, exit 2
-        out.print(f"[red]{tool} failed[/]: {failure or f'torchrun exit {code}'}", soft_wrap=True)
-        return 1
+        yield run_dir
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_tool(tool: str, cfg: RunConfig, args: list[str], procs: int, out, run_dir: str | None = None) -> int:
+    """Run `python -m distrib TOOL ARGS CONFIG` here (one process) or through torchrun (several); the
+    config lives in RUN_DIR (a temporary one, removed afterwards, unless the caller gives its own)."""
+    if run_dir is None:
+        with scratch_run_dir(tool) as scratch:
+            return run_tool(tool, cfg, args, procs, out, scratch)
+    paths = RunPaths(run_dir)
+    from dataclasses import replace
+
+    cfg = replace(cfg, run_dir=run_dir)
+    write_run_config(cfg, paths.config)
+    if procs == 1:  # here, in this process: torch is already imported to read the checkpoint
+        from distrib.__main__ import run as rank_main
+
+        return rank_main([tool, *args, paths.config])
+    argv = topology.standalone_argv(sys.executable, procs, paths.torchrun_logs, [tool, *args, paths.config])
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if cfg.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
+    code, _ = run(argv, env, paths.stop, say=lambda m: None, stderr_path=os.path.join(paths.logs, "torchrun.err"))
+    if code == 0:
+        return 0
+    failure = rank_failure(run_dir)
+    if failure and failure.bad_input:
+        raise ConfigError(failure.message)  # the rank's own line, exit 2
+    out.print(f"[red]{tool} failed[/]: {failure or f'torchrun exit {code}'}", soft_wrap=True)
+    return 1
+
+
+# ---------------------------------------------------------------- distrain predict
+
+def predict(inputs: list[str], checkpoint, model_dir, topk: int, output, cli: dict, gpus, procs: int,
+            out, warn) -> int:
+    """Top-k classes per image: a checkpoint on 1 or P processes (torchrun), or an ONNX export without torch."""
+    import json
+
+    from distrib import predictions
+
+    if (checkpoint is None) == (model_dir is None):
+        raise ConfigError("give --checkpoint PATH (a distrain checkpoint) or --model DIR (an ONNX export), "
+                          "one of them")
+    if topk < 1:
+        raise ConfigError(f"--topk {topk} must be at least 1")
+    batch_size = cli.get("batch_size", 64)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} must be at least 1")
+    output = str(output) if output else None
+    predictions.output_format(output)  # a bad --output is found before any image is read
+    paths = predictions.list_inputs([str(p) for p in inputs])
+    if model_dir is not None:
+        rows = _predict_onnx(str(model_dir), paths, topk, batch_size, cli)
+    else:
+        record = read_checkpoint(checkpoint)
+        pre = settle_preprocessing(record, cli, warn)
+        gpus = check_gpus(gpus)
+        if gpus == 0 and procs < 1:
+            raise ConfigError(f"--procs {procs} must be at least 1")
+        nprocs = gpus if gpus > 0 else procs
+        cfg = RunConfig(synthetic=True,  # no dataset: the images come from predict-inputs.json
+                        arch=record.arch, image_size=pre.crop_size, val_crop_size=pre.crop_size,
+                        val_resize_size=pre.resize_size, batch_size=batch_size,
+                        workers=cli.get("workers", max_workers(nprocs)), gpus=gpus, procs=procs, resume="never",
+                        device="cpu" if gpus == 0 else "cuda")
+        with scratch_run_dir("predict") as run_dir:
+            run_paths = RunPaths(run_dir)
+            with open(run_paths.predict_inputs, "w") as fh:
+                json.dump(paths, fh)
+            code = run_tool("predict", cfg, [str(checkpoint), str(topk)], nprocs, out, run_dir=run_dir)
+            if code != 0:
+                return code
+            rows = []
+            for rank in range(nprocs):  # contiguous slices: rank order is input order
+                with open(run_paths.predictions(rank)) as fh:
+                    rows += [json.loads(line) for line in fh]
+    predictions.write(rows, topk, output)
+    say = warn if any(r["error"] for r in rows) else (lambda m: print(m, file=sys.stderr))
+    say(predictions.summary(rows, output))  # on stderr: stdout may be the CSV
+    return 0
+
+
+def _predict_onnx(model_dir: str, paths: list[str], topk: int, batch_size: int, cli: dict) -> list[dict]:
+    """onnxruntime, numpy and PIL only: this path never imports torch (tests/test_predict.py checks)."""
+    import importlib.util
+
+    from distrib import predict_onnx
+
+    meta = predict_onnx.read_export(model_dir)
+    typed = [k for k in PREPROCESSING_OPTIONS if cli.get(k) is not None]
+    if typed:
+        raise ConfigError(f"--{typed[0].replace('_', '-')} does not apply to --model: the ONNX graph takes "
+                          f"{meta['input']['size'][0]} px crops; re-export with other sizes instead")
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError("predict --model needs onnxruntime: pip install \"distrain[onnx]\"")
+    return predict_onnx.predict(model_dir, paths, topk, batch_size)
+
+
+# ---------------------------------------------------------------- distrain export
+
+EXPORT_FORMATS = ("safetensors", "onnx", "torch-export")  # distrib/export.py FORMATS (test_export checks)
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")       # torch.onnx.export(dynamo=True) and the check
+
+
+def export(checkpoint, fmt: str, output, samples: list[str], cli: dict, out, warn) -> int:
+    """Write OUTPUT/model.* + model.json and check the file against the checkpoint's model."""
+    import importlib.util
+
+    output = str(output)
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise ConfigError(f"--output {output} exists and is not an empty folder; give a new folder (an export is "
+                          "one folder: the model file and model.json)")
+    missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None] if fmt == "onnx" else []
+    if missing:
+        raise ConfigError(f"--format onnx needs {', '.join(missing)}: pip install \"distrain[onnx]\"")
+    from distrib import predictions
+
+    sample_paths = predictions.list_inputs(samples) if samples else []
+    record = read_checkpoint(checkpoint)
+    pre = settle_preprocessing(record, cli, warn)
+    from distrib import export as exporter
+
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    try:
+        exporter.main(str(checkpoint), fmt, output, pre, sample_paths,
+                      say=lambda m: out.print(m, soft_wrap=True, markup=False, highlight=False))
+    except exporter.ExportMismatch as e:
+        out.print(f"[red]export failed[/]: {e}", soft_wrap=True)
+        return 1
+    return 0

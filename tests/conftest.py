@@ -75,3 +75,13 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.all[-6000:]}"
+
+
+# --- a trained model for predict/export tests (issue 11)
+@pytest.fixture(scope="session")
+def trained_checkpoint(imagefolder, tmp_path_factory) -> Path:
+    """One real single-process run (resnet18, 32 px, 2 epochs): the model that predict and export use."""
+    run_dir = tmp_path_factory.mktemp("runs") / "one-rank"
+    proc = distrain("train", "--device", "cpu", "--data", imagefolder, "--epochs", "2", "--run-dir", run_dir, *TINY)
+    assert_ok(proc)
+    return run_dir / "checkpoints" / "last.pt"

@@ -1,0 +1,78 @@
+"""distrain predict: a checkpoint's top-k per image, agreeing with eval, on 1 or 2 processes, in input order."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from conftest import assert_ok, distrain
+from imagefolder import corrupt_file
+
+
+@pytest.fixture(scope="module")
+def one_process_rows(trained_checkpoint, imagefolder, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("predict") / "rows.json"
+    proc = distrain("predict", "--checkpoint", trained_checkpoint, imagefolder / "val", "--topk", "3",
+                    "--gpus", "0", "--batch-size", "64", "--output", out)
+    assert_ok(proc)
+    assert "predicted 29 of 29 images" in proc.stderr
+    return json.loads(out.read_text())
+
+
+def test_top1_agrees_with_eval_exactly(one_process_rows, trained_checkpoint, imagefolder):
+    proc = distrain("eval", "--checkpoint", trained_checkpoint, "--data", imagefolder, "--gpus", "0", "--json")
+    assert_ok(proc)
+    acc1 = json.loads(proc.stdout.strip().splitlines()[-1])["acc1"]
+    paths = [r["path"] for r in one_process_rows]
+    assert paths == sorted(paths) and len(paths) == 29  # the folder, recursively, in sorted order
+    hits = sum(r["predictions"][0]["class"] == r["path"].split("/")[-2] for r in one_process_rows)
+    assert 100 * hits / len(paths) == acc1
+    for r in one_process_rows:
+        probs = [p["prob"] for p in r["predictions"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert r["error"] is None
+
+
+def test_two_processes_write_the_same_rows_in_the_same_order(one_process_rows, trained_checkpoint, imagefolder,
+                                                             tmp_path):
+    out = tmp_path / "rows.jsonl"
+    proc = distrain("predict", "--checkpoint", trained_checkpoint, imagefolder / "val", "--topk", "3",
+                    "--gpus", "0", "--procs", "2", "--batch-size", "64", "--output", out)
+    assert_ok(proc)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == [r["path"] for r in one_process_rows]  # 29 = 14 + 15: no duplicates
+    for two, one in zip(rows, one_process_rows):
+        assert [p["class"] for p in two["predictions"]] == [p["class"] for p in one["predictions"]]
+        assert [p["prob"] for p in two["predictions"]] == pytest.approx([p["prob"] for p in one["predictions"]],
+                                                                          abs=1e-5)
+
+
+def test_unreadable_images_are_error_rows_and_the_run_succeeds(trained_checkpoint, imagefolder, tmp_path):
+    good = imagefolder / "val" / "class1" / "0000.jpg"
+    broken = corrupt_file(tmp_path / "broken.jpg", "garbage")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{broken}\n{tmp_path / 'gone.jpg'}\n\n{good}\n")
+    proc = distrain("predict", "--checkpoint", trained_checkpoint, good, f"@{listing}", "--topk", "2", "--gpus", "0")
+    assert_ok(proc)
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))  # CSV on stdout; the summary went to stderr
+    assert [r["path"] for r in rows] == [str(good), str(broken), str(tmp_path / "gone.jpg"), str(good)]
+    assert list(rows[0]) == ["path", "class1", "prob1", "class2", "prob2", "error"]
+    assert rows[0]["class1"] == rows[3]["class1"] and not rows[0]["error"]
+    assert rows[1]["error"] and not rows[1]["class1"]
+    assert "cannot read file" in rows[2]["error"]
+    assert "2 unreadable" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--output", "preds.txt"], "unknown suffix .txt"),
+    (["--topk", "0"], "--topk 0 must be at least 1"),
+    ([], "give --checkpoint PATH"),
+])
+def test_bad_predict_options_are_one_line_before_anything_runs(tmp_path, imagefolder, args, message):
+    proc = distrain("predict", imagefolder / "val", *(["--checkpoint", tmp_path / "none.pt"] if args else []),
+                    *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.all
+    assert message in proc.stderr and "Traceback" not in proc.all
+    assert len(proc.stderr.strip().splitlines()) == 1
