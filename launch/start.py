@@ -9,6 +9,7 @@ import sys
 
 from distrib import workers
 from distrib.config import ConfigError, RunConfig, write_run_config
+from distrib.recipe import recipes
 from launch import preflight, topology
 from launch.run_local import run, write_launch_record
 
@@ -95,9 +96,11 @@ def describe(plan: topology.Plan, cfg: RunConfig, argv: list[str], launch_argv: 
     """The dry run: the numbers that matter, then for every node the exact command it runs."""
     lines = [f"# world size {plan.world_size}: {plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
              f"process(es), strategy {cfg.strategy}",
-             f"# global batch {plan.global_batch} ({cfg.batch_size} per process), "
+             f"# global batch {plan.global_batch} ({cfg.batch_size} per process"
+             f"{f' x {cfg.accum_steps} accumulated' if cfg.accum_steps > 1 else ''}), "
              f"lr {plan.lr:g} (= {cfg.lr:g} x {plan.global_batch}/256)",
              f"# run dir {cfg.run_dir}",
+             *([f"# recipe {cfg.recipe}: {recipes.flags(cfg.recipe, cfg)}"] if cfg.recipe else []),
              f"# `{shlex.join(launch_argv)}` writes {os.path.join(cfg.run_dir, 'config.toml')}, then runs:"]
     if plan.mode == "c10d":
         lines.insert(3, f"# rendezvous c10d at {plan.rdzv_endpoint} (id {plan.rdzv_id}), hosted by the node "
