@@ -38,8 +38,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels
             "samples": int(samples), "skipped": int(skipped)}
 
 
-def main(checkpoint_path: str, cfg, as_json: bool) -> dict:
-    """`distrain eval`: the accuracy of a checkpoint on DATA/val, on any number of processes."""
+def main(checkpoint_path: str, cfg, as_json: bool, ema: bool = True) -> dict:
+    """`distrain eval`: the accuracy of a checkpoint on DATA/val, on any number of processes; its EMA weights
+    when it has them (--model-ema), unless ema=False (--no-ema)."""
     import json
 
     from distrib import checkpoint
@@ -55,7 +56,7 @@ def main(checkpoint_path: str, cfg, as_json: bool) -> dict:
         loader, classes = build_val_loader(cfg, env, pin_memory=device.type == "cuda")
         checkpoint.check_fits(ckpt, checkpoint_path, ckpt["arch"], classes, fix="or give its own dataset")
         model = build_model(ckpt["arch"], len(classes), False, None, env)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(checkpoint.model_weights(ckpt, ema))
         result = evaluate(model.to(device), loader, device, None, False)
     result = {k: result[k] for k in ("acc1", "acc5", "loss", "samples")}
     if env.is_main:

@@ -129,7 +129,7 @@ def train_in_place(cfg: RunConfig, out, warn) -> int:
     return STOPPED_EXIT if result == "stopped" and not under_torchrun else 0
 
 
-def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) -> int:
+def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, ema: bool = True) -> int:
     """`distrain eval`: the checkpoint's own preprocessing and classes, on 1 process or P through torchrun."""
     from launch import use_model
 
@@ -147,5 +147,5 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) 
                     val_resize_size=pre.resize_size, batch_size=cli.get("batch_size", 64), workers=workers,
                     gpus=gpus, procs=procs, resume="never", run_dir="eval",
                     device="cpu" if gpus == 0 else "cuda").validate()
-    args = [str(checkpoint)] + (["--json"] if as_json else [])
+    args = [str(checkpoint)] + (["--json"] if as_json else []) + ([] if ema else ["--no-ema"])
     return use_model.run_tool("eval", cfg, args, nprocs, out)
