@@ -288,3 +288,88 @@ def test_recipe_precedence_defaults_recipe_file_command_line(tmp_path):
     assert cfg.workers == RunConfig().workers  # untouched by the recipe: the default
     with pytest.raises(ConfigError, match="--recipe 'nope' is not one of tv-resnet-v1"):
         resolve({"recipe": "nope", "synthetic": True}).validate()
+
+
+# ---------------------------------------------------------------- real runs
+
+EVERYTHING = ["--batch-size", "8", "--auto-augment", "ta-wide", "--random-erase", "0.25", "--mixup-alpha", "0.2",
+              "--cutmix-alpha", "1.0", "--model-ema", "--ema-steps", "1", "--label-smoothing", "0.1",
+              "--accum-steps", "2", "--optimizer", "adamw", "--lr", "0.004", "--schedule", "cosine",
+              "--lr-min", "0.0004", "--warmup-epochs", "0.5", "--ra-reps", "2", "--clip-grad-norm", "5"]
+EXACT_KEYS = ("train_loss", "val_loss", "val_acc1", "val_acc5", "val_samples", "lr", "val_ema_acc1",
+              "val_ema_acc5", "val_ema_loss")
+
+
+@pytest.fixture(scope="module")
+def everything_run(imagefolder, tmp_path_factory):
+    """2 gloo ranks, every recipe option on, 2 epochs of 3 optimizer steps (6 batches of 8, K=2)."""
+    run_dir = tmp_path_factory.mktemp("recipes") / "straight"
+    proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "2",
+                    "--run-dir", run_dir, *TINY, *EVERYTHING)
+    assert_ok(proc)
+    assert "global batch 32 (8 per process x 2 accumulated)" in proc.stdout
+    return run_dir
+
+
+def test_stopped_mid_epoch_with_everything_on_resumes_exactly(everything_run, imagefolder, tmp_path):
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    (run_dir / "STOP").touch()  # present from the start: every rank stops after the first optimizer step
+    options = ["--data", imagefolder, "--epochs", "2", "--run-dir", run_dir, *TINY, *EVERYTHING]
+    first = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "launch", "train", "--device", "cpu", *map(str, options)],
+                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert first.returncode == 0, first.stdout + first.stderr
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, 2, 1)  # mid-epoch, after one accumulated step
+    assert "model_ema" in ckpt and metrics(run_dir) == []
+    proc = distrain("launch", "--gpus", "0", "--procs", "2", *options)
+    assert_ok(proc)
+    assert "resuming at epoch 0, batch 2" in proc.stdout
+    resumed, straight = metrics(run_dir), metrics(everything_run)
+    assert [r["epoch"] for r in resumed] == [0, 1]
+    for a, b in zip(resumed, straight):
+        for key in EXACT_KEYS:
+            assert a[key] == pytest.approx(b[key], rel=1e-6), (key, a, b)
+
+
+def test_ema_is_validated_saved_and_used_by_eval(everything_run, imagefolder):
+    rows = metrics(everything_run)
+    assert all({"val_ema_acc1", "val_ema_acc5", "val_ema_loss"} <= set(r) for r in rows)
+    best = torch.load(everything_run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["best_acc1"] == max(r["val_ema_acc1"] for r in rows)  # best.pt is chosen by the EMA
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(everything_run / "tb"))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("val_ema/acc1")] == pytest.approx([r["val_ema_acc1"] for r in rows])
+    last = everything_run / "checkpoints" / "last.pt"
+    for flag, key in (([], "val_ema_loss"), (["--no-ema"], "val_loss")):
+        proc = distrain("eval", "--checkpoint", last, "--data", imagefolder, "--gpus", "0", "--json",
+                        "--workers", "0", *flag)
+        assert_ok(proc)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["loss"] == pytest.approx(rows[-1][key], rel=1e-5), (flag, result, rows[-1])
+
+
+def test_recipe_lands_in_config_toml_and_the_command_line_wins(tmp_path):
+    import tomllib
+
+    run_dir = tmp_path / "run"
+    proc = distrain("train", "--recipe", "tv-resnet-v1", "--synthetic", "--arch", "resnet18", "--image-size", "32",
+                    "--val-resize-size", "36", "--val-crop-size", "32", "--epochs", "1", "--steps-per-epoch", "1",
+                    "--batch-size", "8", "--workers", "0", "--device", "cpu", "--run-dir", run_dir)
+    assert_ok(proc)
+    config = tomllib.loads((run_dir / "config.toml").read_text())
+    assert config["recipe"] == "tv-resnet-v1"
+    assert (config["schedule"], config["step_size"], config["weight_decay"], config["momentum"]) == ("step", 30, 1e-4, 0.9)
+    assert (config["arch"], config["epochs"], config["batch_size"]) == ("resnet18", 1, 8)  # typed: they win
+    assert "recipe tv-resnet-v1: --arch resnet18 --epochs 1 --batch-size 8 --lr 0.1" in proc.stdout
+
+
+def test_recipes_command_lists_them_with_sources():
+    proc = distrain("recipes")
+    assert_ok(proc)
+    assert "tv-resnet-v1:" in proc.stdout and "tv-resnet50-v2:" in proc.stdout
+    assert "--image-size 176" in proc.stdout and "--train-crop-size 176" in proc.stdout  # value and its source
+    assert "80.858%" in proc.stdout
