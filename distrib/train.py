@@ -251,6 +251,8 @@ def _summary(cfg, env, device, loaders, progress) -> str:
     ]
     if cfg.recipe:
         lines.append(f"  recipe {cfg.recipe}: {recipes.flags(cfg.recipe, cfg)}")
+        note = recipes.batch_note(cfg.recipe, global_batch)
+        lines += [f"  note: {note}"] if note else []
     recipe_bits = [f"auto-augment {cfg.auto_augment}"] if cfg.auto_augment != "none" else []
     recipe_bits += [f"{name.replace('_', '-')} {getattr(cfg, name):g}" for name in
                     ("random_erase", "mixup_alpha", "cutmix_alpha", "label_smoothing") if getattr(cfg, name)]

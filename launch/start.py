@@ -101,6 +101,7 @@ def describe(plan: topology.Plan, cfg: RunConfig, argv: list[str], launch_argv: 
              f"lr {plan.lr:g} (= {cfg.lr:g} x {plan.global_batch}/256)",
              f"# run dir {cfg.run_dir}",
              *([f"# recipe {cfg.recipe}: {recipes.flags(cfg.recipe, cfg)}"] if cfg.recipe else []),
+             *([f"# note: {note}"] if cfg.recipe and (note := recipes.batch_note(cfg.recipe, plan.global_batch)) else []),
              f"# `{shlex.join(launch_argv)}` writes {os.path.join(cfg.run_dir, 'config.toml')}, then runs:"]
     if plan.mode == "c10d":
         lines.insert(3, f"# rendezvous c10d at {plan.rdzv_endpoint} (id {plan.rdzv_id}), hosted by the node "

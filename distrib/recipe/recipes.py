@@ -20,6 +20,7 @@ class Recipe:
     summary: str
     source: str
     values: dict            # RunConfig field -> value
+    global_batch: int | None = None  # what the published run used (lr scales linearly to the real one)
     notes: dict = field(default_factory=dict)  # field -> where the value comes from, when it is translated
 
 
@@ -31,7 +32,7 @@ RECIPES: dict[str, Recipe] = {
         values=dict(arch="resnet50", epochs=90, batch_size=32, lr=0.1, optimizer="sgd", momentum=0.9,
                     weight_decay=1e-4, decay_norm_bias=True, schedule="step", step_size=30, warmup_epochs=0.0,
                     label_smoothing=0.0, image_size=224, val_resize_size=256, val_crop_size=224),
-        notes={"lr": "0.1 for 32 x 8 = 256 images", "batch_size": "32 per GPU x 8 GPUs"},
+        notes={"lr": "0.1 for 32 x 8 = 256 images", "batch_size": "32 per GPU x 8 GPUs"}, global_batch=256,
     ),
     "tv-resnet50-v2": Recipe(
         summary="torchvision's new recipe (ResNet-50 IMAGENET1K_V2: 80.858% top-1)",
@@ -51,6 +52,7 @@ RECIPES: dict[str, Recipe] = {
                "image_size": "--train-crop-size 176", "ra_reps": "--ra-sampler --ra-reps 4",
                "auto_augment": "--auto-augment ta_wide", "ema_steps": "torchvision's default --model-ema-steps",
                "ema_decay": "torchvision's default --model-ema-decay", "val_crop_size": "torchvision's default"},
+        global_batch=1024,
     ),
 }
 
@@ -72,6 +74,8 @@ def describe(name: str) -> str:
     """`distrain recipes`: a recipe's options as command-line flags, each with where it comes from."""
     r = RECIPES[name]
     lines = [f"{name}: {r.summary}", f"  source: {r.source}"]
+    if r.global_batch:
+        lines.append(f"  published at global batch {r.global_batch} (--lr is per 256 images and scales to yours)")
     for key, value in r.values.items():
         note = r.notes.get(key)
         lines.append(f"    {_flag(key, value):<28}  # {note}" if note else f"    {_flag(key, value)}")
@@ -83,3 +87,12 @@ def flags(name: str, cfg=None) -> str:
     an option typed on the command line wins over the recipe's)."""
     values = RECIPES[name].values
     return " ".join(_flag(k, getattr(cfg, k) if cfg is not None else v) for k, v in values.items())
+
+
+def batch_note(name: str, global_batch: int) -> str | None:
+    """A line when the run's global batch is not the one the recipe was published with."""
+    published = RECIPES[name].global_batch
+    if published is None or published == global_batch:
+        return None
+    return (f"{name} was published at global batch {published}; this run's is {global_batch}, and --lr scales "
+            f"linearly to it (set --batch-size or --accum-steps to match)")
