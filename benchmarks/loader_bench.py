@@ -2,6 +2,7 @@
 
     python benchmarks/loader_bench.py                    # 1024 JPEGs of 500x375, 256 of 2048x1536, in a temp dir
     python benchmarks/loader_bench.py --dir /tmp/lb --count 512 --workers 4 --json
+    python benchmarks/loader_bench.py --only "500x375 ta-wide+erase"   # the recipe's augmentation, one case
 
 The reference is the classic ImageNet recipe: ImageFolder + Compose([RandomResizedCrop(224),
 RandomHorizontalFlip(), ToTensor(), Normalize(...)]) in a DataLoader. Ours is
@@ -11,6 +12,10 @@ count, persistent workers, and one untimed warm-up pass (worker start-up, page c
 alternate between the two; the ratio printed is the median of the per-pass ratios, and the rates the
 medians of the per-pass rates. CPU ms per image (the loader's workers plus the main process, from
 /proc) is printed beside them: it is the work done, and moves little when neighbours take the cores.
+
+The "ta-wide+erase" case adds torchvision's reference augmentation for the recipes (presets.py):
+TrivialAugmentWide(interpolation=BILINEAR) after the flip and RandomErasing(0.1) after Normalize, against
+distrain's --auto-augment ta-wide --random-erase 0.1 (distrib/recipe/augment.py, on uint8 tensors).
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ from distrib.config import RunConfig  # noqa: E402
 from distrib.data import build_loaders, to_device  # noqa: E402
 from distrib.env import DistEnv  # noqa: E402
 
-SIZES = {"500x375": (500, 375), "2048x1536": (2048, 1536)}
-TARGETS = {"500x375": 1.5, "2048x1536": 2.0}
-COUNTS = {"500x375": 1024, "2048x1536": 256}
+CASES = {"500x375": ((500, 375), False), "2048x1536": ((2048, 1536), False),  # name -> JPEG size, augmented
+         "500x375 ta-wide+erase": ((500, 375), True)}
+TARGETS = {"500x375": 1.5, "2048x1536": 2.0, "500x375 ta-wide+erase": 1.3}
+COUNTS = {"500x375": 1024, "2048x1536": 256, "500x375 ta-wide+erase": 1024}
 
 
 def photo_like(w: int, h: int, rng: np.random.Generator) -> Image.Image:
@@ -60,17 +66,19 @@ def make_jpegs(root: Path, size: tuple[int, int], count: int, seed: int = 0) -> 
     return root
 
 
-def reference_loader(root: Path, batch: int, workers: int, size: int) -> DataLoader:
+def reference_loader(root: Path, batch: int, workers: int, size: int, augmented: bool = False) -> DataLoader:
+    policy = [transforms.TrivialAugmentWide(interpolation=transforms.InterpolationMode.BILINEAR)] if augmented else []
     tf = transforms.Compose([
-        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), *policy, transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        *([transforms.RandomErasing(0.1)] if augmented else [])])
     ds = datasets.ImageFolder(str(root / "train"), tf)
     return DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                       persistent_workers=workers > 0)
 
 
-def reference_runner(root: Path, args):
-    loader = reference_loader(root, args.batch_size, args.workers, args.image_size)
+def reference_runner(root: Path, args, augmented: bool):
+    loader = reference_loader(root, args.batch_size, args.workers, args.image_size, augmented)
 
     def run_pass(_epoch: int) -> int:
         return sum(len(labels) for _, labels in loader)
@@ -78,8 +86,9 @@ def reference_runner(root: Path, args):
     return run_pass
 
 
-def distrain_runner(root: Path, args):
-    cfg = RunConfig(data=str(root), batch_size=args.batch_size, workers=args.workers, image_size=args.image_size)
+def distrain_runner(root: Path, args, augmented: bool):
+    cfg = RunConfig(data=str(root), batch_size=args.batch_size, workers=args.workers, image_size=args.image_size,
+                    **(dict(auto_augment="ta-wide", random_erase=0.1) if augmented else {}))
     loaders = build_loaders(cfg, DistEnv(), pin_memory=False)
     cpu = torch.device("cpu")
 
@@ -123,14 +132,14 @@ def cpu_seconds(pids: set[int]) -> float:
     return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def measure(root: Path, args) -> dict[str, dict[str, list[float]]]:
+def measure(root: Path, args, augmented: bool = False) -> dict[str, dict[str, list[float]]]:
     """Both loaders, one untimed warm-up pass each (which starts their persistent workers), then timed
     passes taken in turns, so that a neighbour's load on a shared machine hits both alike.
     Per loader and pass: images/s, and CPU ms per image of its workers plus the main process."""
     runners, workers = {}, {}
     for name, make in (("reference", reference_runner), ("distrain", distrain_runner)):
         before = child_pids()
-        runners[name] = make(root, args)
+        runners[name] = make(root, args, augmented)
         runners[name](0)
         workers[name] = child_pids() - before
     out = {name: {"img_s": [], "cpu_ms": []} for name in runners}
@@ -166,15 +175,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--only", action="append", choices=list(CASES), help="run only this case (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # the main process shares the cores with the workers, in both loaders
 
     tmp = None if args.dir else tempfile.TemporaryDirectory(prefix="loader-bench-")
     base = Path(args.dir or tmp.name)
     results = {}
-    for name, size in SIZES.items():
-        root = make_jpegs(base / name, size, args.count or COUNTS[name])
-        results[name] = summarise(measure(root, args), TARGETS[name])
+    for name, (size, augmented) in CASES.items():
+        if args.only and name not in args.only:
+            continue
+        root = make_jpegs(base / f"{size[0]}x{size[1]}", size, args.count or COUNTS[name])
+        results[name] = summarise(measure(root, args, augmented), TARGETS[name])
     if tmp:
         tmp.cleanup()
 
@@ -183,13 +195,13 @@ def main() -> None:
     if args.json:
         print(json.dumps({**meta, "results": results}))
         return
-    print(f"{'JPEG size':<12}{'torchvision img/s':>19}{'distrain img/s':>16}{'ratio':>8}{'target':>8}"
+    print(f"{'JPEG size':<24}{'torchvision img/s':>19}{'distrain img/s':>16}{'ratio':>8}{'target':>8}"
           f"{'CPU ms/img':>16}{'CPU ratio':>11}")
     for name, r in results.items():
         cpu = f"{r['reference_cpu_ms_per_image']:.2f} / {r['distrain_cpu_ms_per_image']:.2f}"
-        print(f"{name:<12}{r['reference_img_s']:>19.1f}{r['distrain_img_s']:>16.1f}"
+        print(f"{name:<24}{r['reference_img_s']:>19.1f}{r['distrain_img_s']:>16.1f}"
               f"{r['ratio']:>7.2f}x{r['target']:>7.1f}x{cpu:>16}{r['cpu_ratio']:>10.2f}x")
-        print(f"{'':<12}per-pass ratios: {', '.join(map(str, r['pass_ratios']))}")
+        print(f"{'':<24}per-pass ratios: {', '.join(map(str, r['pass_ratios']))}")
     print(", ".join(f"{k}={v}" for k, v in meta.items()))
 
 

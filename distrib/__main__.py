@@ -1,7 +1,7 @@
 """What every rank runs (torchrun and srun start this; `distrain train` calls the same functions in place).
 
     python -m distrib train RUN_DIR/config.toml
-    python -m distrib eval CHECKPOINT [--json] CONFIG.toml
+    python -m distrib eval CHECKPOINT [--json] [--no-ema] CONFIG.toml
     python -m distrib predict CHECKPOINT TOPK CONFIG.toml
 
 The run's config.toml is always the last argument; failures are recorded in its folder's logs/.
@@ -38,12 +38,12 @@ def run(argv: list[str]) -> int:
 
         train.main(cfg)
         return 0
-    if argv[:1] == ["eval"] and len(argv) in (3, 4):
+    if argv[:1] == ["eval"] and len(argv) in (3, 4, 5):
         cfg = read_run_config(argv[-1])
         workers.start_server(cfg.workers)  # before torch is imported here
         from distrib import evaluate
 
-        evaluate.main(argv[1], cfg, as_json="--json" in argv[2:-1])
+        evaluate.main(argv[1], cfg, as_json="--json" in argv[2:-1], ema="--no-ema" not in argv[2:-1])
         return 0
     if argv[:1] == ["predict"] and len(argv) == 4:
         cfg = read_run_config(argv[-1])

@@ -119,7 +119,7 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int) -> dict:
     import torch.nn as nn
 
     from distrib.model import build_model
-    from distrib.optim import build_optimizer, scaled_lr
+    from distrib.recipe.optim import build_optimizer
     from distrib.train import AMP_DTYPES
 
     cuda = dev.type == "cuda"
@@ -128,7 +128,7 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int) -> dict:
     torch.backends.cudnn.benchmark = True  # what training does when unseeded
     model = build_model(cfg.arch, num_classes, False, None, DistEnv()).to(dev, memory_format=fmt)
     model.train()
-    optimizer = build_optimizer(model, cfg, scaled_lr(cfg, cfg.batch_size))
+    optimizer = build_optimizer(model, cfg, cfg.scaled_lr(1))
     criterion = nn.CrossEntropyLoss()
     images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=dev).to(memory_format=fmt)
     labels = torch.randint(0, num_classes, (cfg.batch_size,), device=dev)

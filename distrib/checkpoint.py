@@ -1,4 +1,5 @@
 """Checkpoints: written by global rank 0 only, atomically, and always loaded with weights_only=True.
+`Checkpointer` (at the end) owns a run's saving and resuming; the functions above it are its parts.
 
 A checkpoint is a dict of plain types and tensors (see design.md), so `torch.load(path, weights_only=True)`
 loads it and a file that would run code when unpickled is refused.
@@ -7,6 +8,7 @@ loads it and a file that would run code when unpickled is refused.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import pickle
 import random
@@ -20,6 +22,7 @@ from distrib.config import ConfigError
 
 
 LOW_SPACE_BYTES = 64 * 2**20
+log = logging.getLogger("distrain")
 
 
 class CheckpointError(RuntimeError):
@@ -152,3 +155,53 @@ def restore_rng(state: dict) -> None:
 def _tuples(x):
     """random.setstate wants tuples; a checkpoint round trip may hand back lists."""
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def model_weights(ckpt: dict, ema: bool = True) -> dict:
+    """The weights eval, predict and export use: the EMA's when the checkpoint has them (unless ema=False),
+    else the trained model's."""
+    if ema and isinstance(ckpt.get("model_ema"), dict):
+        return {k.removeprefix("module."): v for k, v in ckpt["model_ema"].items() if k.startswith("module.")}
+    return ckpt["model"]
+
+
+class Checkpointer:
+    """Owns RUN_DIR/checkpoints: resumes a TrainState from last.pt (or --resume PATH), saves last.pt and
+    best.pt. Global rank 0 writes; the other ranks wait at a barrier so nobody runs ahead of a half-saved
+    state. Beside the TrainState, a checkpoint records what the model is (arch, classes, preprocessing),
+    the run's config and the RNG states."""
+
+    def __init__(self, cfg, env, classes: list[str], steps_per_epoch: int | None = None):
+        from distrib.paths import RunPaths
+
+        self.cfg, self.env, self.classes, self.paths = cfg, env, list(classes), RunPaths(cfg.run_dir)
+        self.steps_per_epoch = steps_per_epoch
+
+    def resume(self, state) -> bool:
+        """--resume auto continues last.pt if it exists; PATH continues that file; never starts afresh."""
+        cfg = self.cfg
+        path = self.paths.last if cfg.resume == "auto" else cfg.resume
+        if cfg.resume == "never" or not os.path.exists(path):
+            return False
+        ckpt = load(path)
+        check_fits(ckpt, path, cfg.arch, self.classes)
+        state.load_state_dict(ckpt)
+        restore_rng(ckpt["rng"])
+        log.info("resumed from %s: epoch %d, step %d of it", path, state.progress.epoch, state.progress.batch)
+        return True
+
+    def save(self, state, best: bool) -> None:
+        from distrib.preprocess import Preprocessing
+        from distrib.process_group import barrier
+
+        if self.env.is_main:
+            ckpt = {**state.state_dict(), "arch": self.cfg.arch, "num_classes": len(self.classes),
+                    "classes": self.classes, "config": self.cfg.to_toml_dict(), "rng": rng_state(),
+                    "preprocessing": Preprocessing.from_config(self.cfg).as_dict()}
+            save_atomic(ckpt, self.paths.last)
+            if best:
+                save_atomic(ckpt, self.paths.best)
+            progress = state.progress
+            write_position(self.paths, epoch=progress.epoch, batch=progress.batch // self.cfg.accum_steps,
+                           epochs=self.cfg.epochs, batches=self.steps_per_epoch)
+        barrier()

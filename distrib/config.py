@@ -101,6 +101,25 @@ class RunConfig:
     seed: int | None = opt(None, TRAINING, "Seed for reproducible runs.")
     steps_per_epoch: int | None = opt(None, TRAINING, "Cap on training steps per epoch (quick runs).")
     log_interval: int = opt(20, TRAINING, "Steps between progress lines.")
+    # --- training recipe (distrib/recipe/): augmentation, mixing, EMA, optimizer; --recipe fills them in ---
+    recipe: str | None = opt(None, TRAINING, "Named recipe (`distrain recipes`): sets its options; the config file "
+                             "and the command line override them.")
+    auto_augment: str = opt("none", TRAINING, "Per-image policy after the crop and flip (torchvision's).",
+                            choices=("none", "ta-wide", "randaugment", "augmix"))
+    random_erase: float = opt(0.0, TRAINING, "Probability of torchvision's RandomErasing per image.")
+    mixup_alpha: float = opt(0.0, TRAINING, "Mixup's Beta(a, a) (0: off); with --cutmix-alpha, one per batch.")
+    cutmix_alpha: float = opt(0.0, TRAINING, "CutMix's Beta(a, a) (0: off); with --mixup-alpha, one per batch.")
+    model_ema: bool = opt(False, TRAINING, "Keep an exponential moving average of the weights; validate it, "
+                          "prefer it for best.pt, eval, predict and export.")
+    ema_decay: float = opt(0.99998, TRAINING, "EMA decay as torchvision's --model-ema-decay: each update uses "
+                           "1 - (1 - d) x global batch x --ema-steps / --epochs.")
+    ema_steps: int = opt(32, TRAINING, "Optimizer steps between EMA updates.")
+    optimizer: str = opt("sgd", TRAINING, "Optimizer.", choices=("sgd", "nesterov", "adamw", "rmsprop"))
+    accum_steps: int = opt(1, TRAINING, "Batches accumulated per optimizer step (global batch = batch x world x K).")
+    clip_grad_norm: float | None = opt(None, TRAINING, "Clip the gradient norm to this (unscaled first under fp16).")
+    ra_reps: int = opt(1, TRAINING, "Repeated augmentation: each image N times per epoch, on different ranks "
+                       "(torchvision's RASampler; 1: off).")
+    lr_min: float = opt(0.0, TRAINING, "Where the cosine schedule ends, per 256 images like --lr.")
     # --- run ---
     run_dir: str | None = opt(None, RUNTIME, "Run directory (default runs/<arch>-<hash of the data and the "
                               "training math>: the same command finds the same run).")
@@ -139,6 +158,7 @@ class RunConfig:
             raise ConfigError(f"--lr {self.lr} must be positive")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
+        self._validate_recipe_options()
         if self.strategy == "dp" and hi > 1:
             raise ConfigError("--strategy dp runs one process on one node; use --strategy ddp with --nodes > 1")
         if self.strategy == "dp" and self.procs > 1:
@@ -172,6 +192,34 @@ class RunConfig:
         if out.get("data"):
             out["data"] = os.path.normpath(out["data"])
         return out
+
+    def global_batch(self, world_size: int) -> int:
+        """Images per optimizer step: batch x world x --accum-steps."""
+        return self.batch_size * world_size * self.accum_steps
+
+    def scaled_lr(self, world_size: int) -> float:
+        """--lr is given per 256 images; linear scaling rule (Goyal et al. 2017) to the global batch."""
+        return self.lr * self.global_batch(world_size) / 256
+
+    def _validate_recipe_options(self) -> None:
+        from distrib.recipe.recipes import RECIPES
+
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe {self.recipe!r} is not one of {', '.join(RECIPES)}; see `distrain recipes`")
+        if not 0 <= self.random_erase <= 1:
+            raise ConfigError(f"--random-erase {self.random_erase} must be a probability in [0, 1]")
+        for name in ("mixup_alpha", "cutmix_alpha", "lr_min"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} {getattr(self, name)} must be 0 or more")
+        for name in ("ema_steps", "accum_steps", "ra_reps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} {getattr(self, name)} must be at least 1")
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay {self.ema_decay} must be in (0, 1), e.g. 0.99998")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError(f"--clip-grad-norm {self.clip_grad_norm} must be positive (leave it out for no clipping)")
+        if self.lr_min >= self.lr:
+            raise ConfigError(f"--lr-min {self.lr_min} must be below --lr {self.lr}")
 
     def with_run_dir(self) -> "RunConfig":
         """Fill in the default run dir once: runs/<arch>-<hash of the data path and the training math>.
@@ -253,8 +301,12 @@ def load_toml(path: str) -> dict:
 
 
 def resolve(cli: dict, config_file: str | None = None) -> RunConfig:
-    """The one precedence rule: command line > config file > defaults."""
-    merged = load_toml(config_file) if config_file else {}
+    """The one precedence rule: command line > config file > --recipe > defaults."""
+    from distrib.recipe.recipes import expand
+
+    from_file = load_toml(config_file) if config_file else {}
+    merged = expand(cli.get("recipe", from_file.get("recipe")))
+    merged.update(from_file)
     merged.update(cli)
     return RunConfig(**merged)
 

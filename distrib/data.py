@@ -34,6 +34,7 @@ from distrib.env import DistEnv
 from distrib.images import load_train, load_val, skip_reason
 from distrib.layout import IMG_EXTENSIONS, check_dataset
 from distrib.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from distrib.recipe.augment import Augment
 from distrib.workers import loader_options
 
 __all__ = ["Batch", "Loaders", "TrainSampler", "ValSampler", "build_loaders", "to_device", "check_dataset"]
@@ -93,12 +94,13 @@ class FolderDataset(Dataset):
     """One split of an ImageFolder root; item = (3 x H x W uint8 tensor, label) or Skipped."""
 
     def __init__(self, split_dir: str, class_to_idx: dict[str, int], image_size: int, train: bool,
-                 seed: int = 0, rank: int = 0, val_resize: int | None = None):
+                 seed: int = 0, rank: int = 0, val_resize: int | None = None, augment=None):
         samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS)
         self.paths = _Paths([p for p, _ in samples])
         self.labels = np.array([c for _, c in samples], dtype=np.int64)
         self.image_size, self.train, self.seed, self.rank = image_size, train, seed, rank
         self.val_resize = val_resize  # shorter side before the centre crop (validation only)
+        self.augment = augment  # recipe.augment.Augment or None (training only)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -108,7 +110,8 @@ class FolderDataset(Dataset):
         path = self.paths[index]
         try:
             if self.train:
-                image = load_train(path, self.image_size, sample_rng(self.seed, epoch, self.rank, index))
+                image = load_train(path, self.image_size, sample_rng(self.seed, epoch, self.rank, index),
+                                   self.augment)
             else:
                 image = load_val(path, self.image_size, self.val_resize)
         except Exception as e:  # PIL raises many types for broken files; one bad file must not end a run
@@ -260,7 +263,8 @@ def _datasets(cfg: RunConfig, seed: int, rank: int) -> tuple[Dataset, Dataset, l
     classes = check_dataset(cfg.data)
     _, class_to_idx = find_classes(os.path.join(cfg.data, "train"))
     pre = Preprocessing.from_config(cfg)
-    train = FolderDataset(os.path.join(cfg.data, "train"), class_to_idx, cfg.image_size, True, seed, rank)
+    train = FolderDataset(os.path.join(cfg.data, "train"), class_to_idx, cfg.image_size, True, seed, rank,
+                          augment=Augment.from_config(cfg))
     val = FolderDataset(os.path.join(cfg.data, "val"), class_to_idx, pre.crop_size, False, seed, rank,
                         val_resize=pre.resize_size)
     return train, val, classes
@@ -280,7 +284,11 @@ def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool, device: torch.
     device: where --decode device decodes the training JPEGs (default: the rank's, from --device)."""
     seed = cfg.seed or 0
     train, val, classes = _datasets(cfg, seed, env.rank)
-    train_sampler = TrainSampler(len(train), env.rank, env.world_size, cfg.batch_size, seed, cfg.steps_per_epoch)
+    max_batches = cfg.steps_per_epoch * cfg.accum_steps if cfg.steps_per_epoch else None  # optimizer steps x K
+    train_sampler = TrainSampler(len(train), env.rank, env.world_size, cfg.batch_size, seed, max_batches)
+    if cfg.ra_reps > 1:  # --ra-reps: distrib/recipe/ra_sampler.py
+        from distrib.recipe.ra_sampler import RASampler
+        train_sampler = RASampler(len(train), env.rank, env.world_size, cfg.batch_size, seed, max_batches, cfg.ra_reps)
     if train_sampler.batches_per_epoch == 0:
         raise ConfigError(
             f"{len(train)} training images cannot fill one batch of {cfg.batch_size} on each of "

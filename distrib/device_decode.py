@@ -41,6 +41,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from distrib.config import RunConfig
 from distrib.data import PREFETCH_FACTOR, Batch, FolderDataset, Skipped, TrainSampler, sample_rng
+from distrib.recipe import augment
 from distrib.images import Box, exif_orientation, load_train, open_image, rrc_box, skip_reason
 from distrib.workers import loader_options
 
@@ -52,6 +53,7 @@ class Encoded(NamedTuple):
     flip: bool
     label: int
     path: str
+    aug: tuple | None = None  # recipe.augment.Params drawn for it, applied after the decode
 
 
 class EncodedBatch(NamedTuple):
@@ -64,6 +66,7 @@ class EncodedBatch(NamedTuple):
     decoded: torch.Tensor    # K x 3 x S x S uint8: samples the workers decoded (not device-decodable)
     decoded_labels: list[int]
     skipped: list[str]       # "PATH: reason", as in Batch.skipped
+    augs: list = []          # recipe.augment.Params (or None) of each device-decoded sample
 
 
 def device_decodable(img) -> bool:
@@ -89,9 +92,11 @@ class EncodedDataset(Dataset):
                 if device_decodable(src.img):
                     rng = sample_rng(f.seed, epoch, f.rank, index)
                     box = rrc_box(*src.img.size, rng)  # same draws, same order as images.load_train
-                    return Encoded(torch.frombuffer(src.data, dtype=torch.uint8), box, rng.random() < 0.5, label, path)
+                    flip = rng.random() < 0.5
+                    aug = f.augment.draw(rng, f.image_size) if f.augment else None
+                    return Encoded(torch.frombuffer(src.data, dtype=torch.uint8), box, flip, label, path, aug)
             # The worker path, unchanged (a fresh rng: the same draws again).
-            return load_train(path, f.image_size, sample_rng(f.seed, epoch, f.rank, index)), label
+            return load_train(path, f.image_size, sample_rng(f.seed, epoch, f.rank, index), f.augment), label
         except Exception as e:  # as FolderDataset: one bad file must not end a run
             return Skipped(f"{path}: {skip_reason(path, e)}")
 
@@ -108,7 +113,7 @@ class CollateEncoded:
                    torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8))
         return EncodedBatch(data, [len(e.data) for e in enc], [e.box for e in enc], [e.flip for e in enc],
                             [e.label for e in enc], [e.path for e in enc], decoded, [label for _, label in cpu],
-                            [s.reason for s in samples if isinstance(s, Skipped)])
+                            [s.reason for s in samples if isinstance(s, Skipped)], [e.aug for e in enc])
 
 
 # ---------------------------------------------------------------- on the device
@@ -151,12 +156,14 @@ def decode_batch(batch: EncodedBatch, device: torch.device, size: int) -> Batch:
     """The Batch the worker path would have made (device-decoded samples first), images on `device`."""
     chunks = list(torch.split(batch.data, batch.sizes)) if batch.sizes else []
     crops, labels, skipped = [], [], list(batch.skipped)
-    for pixels, box, flip, label, path in zip(decode_all(chunks, device), batch.boxes, batch.flips,
-                                              batch.labels, batch.paths):
+    augs = batch.augs or [None] * len(batch.boxes)
+    for pixels, box, flip, label, path, aug in zip(decode_all(chunks, device), batch.boxes, batch.flips,
+                                                   batch.labels, batch.paths, augs):
         if isinstance(pixels, Exception):
             skipped.append(f"{path}: {skip_reason(path, pixels)}")
             continue
-        crops.append(crop_resize(pixels, box, flip, size))
+        crop = crop_resize(pixels, box, flip, size)
+        crops.append(augment.apply(crop, aug) if aug else crop)
         labels.append(label)
     images = torch.cat([torch.stack(crops) if crops else torch.empty((0, 3, size, size), dtype=torch.uint8,
                                                                       device=device),

@@ -52,8 +52,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels
             "samples": int(samples), "skipped": int(skipped)}
 
 
-def main(checkpoint_path: str, cfg, as_json: bool) -> dict:
-    """`distrain eval`: the accuracy of a checkpoint on DATA/val, on any number of processes."""
+def main(checkpoint_path: str, cfg, as_json: bool, ema: bool = True) -> dict:
+    """`distrain eval`: the accuracy of a checkpoint on DATA/val, on any number of processes; its EMA weights
+    when it has them (--model-ema), unless ema=False (--no-ema)."""
     import json
 
     from distrib import checkpoint
@@ -69,7 +70,7 @@ def main(checkpoint_path: str, cfg, as_json: bool) -> dict:
         loader, classes = build_val_loader(cfg, env, pin_memory=device.type == "cuda")
         checkpoint.check_fits(ckpt, checkpoint_path, ckpt["arch"], classes, fix="or give its own dataset")
         model = build_model(ckpt["arch"], len(classes), False, None, env)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(checkpoint.model_weights(ckpt, ema))
         say = (lambda m: print(m, file=sys.stderr, flush=True)) if env.is_main else (lambda m: None)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
         channels_last = bool(cfg.channels_last) and device.type == "cuda"

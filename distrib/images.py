@@ -211,10 +211,12 @@ def resized_crop(path: str, size: int, choose_box: Callable[[int, int], Box]):
     return _resize(pixels[:, y0:y1, x0:x1], size, size)
 
 
-def load_train(path: str, size: int, rng: random.Random):
-    """RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) + RandomHorizontalFlip: 3 x size x size uint8."""
+def load_train(path: str, size: int, rng: random.Random, augment=None):
+    """RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) + RandomHorizontalFlip: 3 x size x size uint8,
+    then `augment` (distrib/recipe/augment.py), drawn from the same rng."""
     out = resized_crop(path, size, lambda width, height: rrc_box(width, height, rng))
-    return out.flip(2) if rng.random() < 0.5 else out
+    out = out.flip(2) if rng.random() < 0.5 else out
+    return augment(out, rng) if augment else out
 
 
 def load_val(path: str, size: int, resize: int | None = None):

@@ -64,7 +64,7 @@ def _frozen(cls: type) -> type:
 
 
 def wrap_model(model: nn.Module, strategy: str, device: torch.device, env: DistEnv, sync_bn: bool,
-               bucket_mb: int = 25) -> nn.Module:
+               bucket_mb: int = 25, static_graph: bool = True) -> nn.Module:
     """DDP for one process per device, nn.DataParallel for the single-process fallback, or the bare model."""
     if strategy == "dp":
         if device.type == "cuda" and torch.cuda.device_count() > 1:
@@ -80,7 +80,9 @@ def wrap_model(model: nn.Module, strategy: str, device: torch.device, env: DistE
         device_ids=[device.index] if device.type == "cuda" else None,
         gradient_as_bucket_view=True,  # saves a gradient copy per bucket
         bucket_cap_mb=bucket_mb,
-        static_graph=True,  # torchvision classifiers run the same graph every step: lets DDP skip bookkeeping
+        # torchvision classifiers run the same graph every step: lets DDP skip bookkeeping (but gradient
+        # accumulation's no_sync steps break the one-reduction-per-forward pattern it assumes)
+        static_graph=static_graph,
         # (--freeze-backbone: DDP registers only parameters that need a gradient, so the frozen backbone is
         # outside its buckets and the graph stays static; no find_unused_parameters needed)
     )

@@ -1,7 +1,7 @@
 """Which parameters the optimizer updates, in which groups: weight decay or not, the classifier's own
 learning rate (--head-lr-mult), and nothing frozen (--freeze-backbone: requires_grad False).
 
-Every optimizer of distrib/optim.py takes these groups; each group carries its own "lr", which the
+Every optimizer of distrib/recipe/optim.py takes these groups; each group carries its own "lr", which the
 learning-rate schedule then scales, so the head keeps its multiple through warmup and decay.
 """
 

@@ -6,6 +6,7 @@ runs it in place as a single process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -15,18 +16,20 @@ import time
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from distrib import checkpoint
-from distrib.config import RunConfig
-from distrib.data import Loaders, build_loaders, to_device
+from distrib.checkpoint import Checkpointer
+from distrib.config import ConfigError, RunConfig
+from distrib.data import build_loaders, to_device
 from distrib.env import DistEnv
 from distrib.evaluate import evaluate
-from distrib.model import build_model, unwrap, wrap_model
-from distrib.paths import RunPaths
-from distrib.preprocess import Preprocessing
-from distrib.optim import build_optimizer, build_scheduler, scaled_lr
-from distrib.process_group import all_reduce_sum, barrier, pick_device, process_group
+from distrib.model import build_model, wrap_model
+from distrib.process_group import all_reduce_sum, pick_device, process_group
+from distrib.recipe import recipes
+from distrib.recipe.ema import adjusted_decay
+from distrib.recipe.mix import Mixer, soft_cross_entropy
+from distrib.state import TrainState
 from distrib.stop import StopRequest
 from distrib.watchdog import Heartbeat
 from distrib.writer import setup_logging, writer_for
@@ -42,16 +45,6 @@ def resolve_precision(cfg: RunConfig, device: torch.device) -> RunConfig:
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if cuda and torch.cuda.is_bf16_supported() else "off")
     channels_last = cuda if cfg.channels_last is None else cfg.channels_last
     return dataclasses.replace(cfg, amp=amp, channels_last=channels_last)
-
-
-@dataclasses.dataclass
-class Progress:
-    """Where the run is; saved in every checkpoint so a resumed run continues at the same step."""
-    epoch: int = 0          # epoch in progress (or the next one to start)
-    batch: int = 0          # batches of `epoch` already trained
-    step: int = 0           # optimizer steps since the start of the run
-    best_acc1: float = 0.0
-    partial: list | None = None  # global sums of an interrupted epoch: loss, samples, skipped, seconds
 
 
 @record  # writes the rank's traceback where torchrun shows it in the failure summary
@@ -74,6 +67,27 @@ def main(cfg: RunConfig) -> str:
             raise hung from e
 
 
+@dataclasses.dataclass
+class Loop:
+    """What stays fixed through a run: the wrapped model, the settings, and this rank's side effects."""
+    net: nn.Module                 # DDP / DataParallel / compiled view of state.model
+    cfg: RunConfig
+    env: DistEnv
+    device: torch.device
+    steps_per_epoch: int           # optimizer steps; each takes --accum-steps loader batches
+    mixer: Mixer | None
+    writer: object
+    stop: StopRequest
+    heartbeat: Heartbeat
+    skipped_seen: set = dataclasses.field(default_factory=set)
+
+    def note_skipped(self, paths: list[str]) -> None:
+        for p in paths:
+            if p not in self.skipped_seen:
+                self.skipped_seen.add(p)
+                log.warning("skipped unreadable image %s", p)
+
+
 def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest, heartbeat: Heartbeat) -> str:
     seed_everything(cfg.seed)
     loaders = build_loaders(cfg, env, pin_memory=device.type == "cuda")
@@ -81,102 +95,93 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
                         freeze_backbone=cfg.freeze_backbone).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-
-    global_batch = cfg.batch_size * env.world_size
-    lr = scaled_lr(cfg, global_batch)
-    steps_per_epoch = loaders.train_sampler.batches_per_epoch  # whole batches, capped by --steps-per-epoch
-    optimizer = build_optimizer(model, cfg, lr)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-
-    progress = resume(cfg, loaders.classes, model, optimizer, scheduler, scaler)
+    steps_per_epoch = loaders.train_sampler.batches_per_epoch // cfg.accum_steps
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{loaders.train_sampler.batches_per_epoch} batches per epoch cannot make one step of "
+                          f"--accum-steps {cfg.accum_steps}; lower --accum-steps or --batch-size")
+    state = TrainState.create(model, cfg, env.world_size, steps_per_epoch, device)
+    checkpointer = Checkpointer(cfg, env, loaders.classes, steps_per_epoch)
+    checkpointer.resume(state)
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed + env.rank)  # per-rank stream for anything after model init
-    net = wrap_model(model, cfg.strategy, device, env, cfg.sync_bn, cfg.bucket_mb)
+    net = wrap_model(model, cfg.strategy, device, env, cfg.sync_bn, cfg.bucket_mb, static_graph=cfg.accum_steps == 1)
     if cfg.compile:
         net = torch.compile(net)
-
-    writer = writer_for(env.rank, cfg.run_dir, cfg.log_interval)
-    writer.start(cfg.to_toml_dict(), _summary(cfg, env, device, global_batch, lr, loaders, progress), progress.epoch)
-    skipped_seen: set[str] = set()
-
-    def note_skipped(paths: list[str]) -> None:
-        for p in paths:
-            if p not in skipped_seen:
-                skipped_seen.add(p)
-                log.warning("skipped unreadable image %s", p)
+    loop = Loop(net, cfg, env, device, steps_per_epoch, Mixer.from_config(cfg, len(loaders.classes)),
+                writer_for(env.rank, cfg.run_dir, cfg.log_interval), stop, heartbeat)
+    progress = state.progress
+    loop.writer.start(cfg.to_toml_dict(), _summary(cfg, env, device, loaders, progress), progress.epoch)
 
     amp_dtype = AMP_DTYPES[cfg.amp]
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     val = {"acc1": 0.0}
     for epoch in range(progress.epoch, cfg.epochs):
         loaders.train_sampler.set_epoch(epoch, progress.batch)
-        sums, stopped = train_one_epoch(net, loaders, optimizer, scheduler, scaler, criterion, device, cfg,
-                                        env, progress, steps_per_epoch, writer, stop, heartbeat, note_skipped)
+        sums, stopped = train_one_epoch(loop, state, loaders.train)
         if stopped:
             progress.partial = sums.tolist()
-            save(cfg, env, model, optimizer, scheduler, scaler, progress, loaders.classes, best=False,
-                 batches=steps_per_epoch)
+            checkpointer.save(state, best=False)
             log.info("stopped at epoch %d step %d/%d; last.pt written. Run again to resume.",
-                     epoch, progress.batch, steps_per_epoch)
+                     epoch, progress.batch // cfg.accum_steps, steps_per_epoch)
             return "stopped"
-        val = evaluate(net, loaders.val, device, amp_dtype, cfg.channels_last, note_skipped)
-        loss_sum, samples, skipped, seconds = sums.tolist()
-        row = {
-            "epoch": epoch, "world_size": env.world_size, "train_loss": loss_sum / max(samples, 1),
-            "val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"],
-            "val_samples": val["samples"], "images_per_sec": samples / max(seconds, 1e-9),
-            "epoch_seconds": seconds, "lr": scheduler.get_last_lr()[0],
-            "skipped_images": int(skipped) + val["skipped"],
-        }
-        writer.epoch(row)
-        is_best = val["acc1"] > progress.best_acc1
-        progress = dataclasses.replace(progress, epoch=epoch + 1, batch=0, partial=None,
-                                       best_acc1=max(progress.best_acc1, val["acc1"]))
-        save(cfg, env, model, optimizer, scheduler, scaler, progress, loaders.classes, best=is_best,
-             batches=steps_per_epoch)
+        val = evaluate(net, loaders.val, device, amp_dtype, cfg.channels_last, loop.note_skipped)
+        row = _epoch_row(epoch, env, sums, val, state.scheduler.get_last_lr()[0])
+        if state.ema is not None:
+            state.ema.sync()
+            ema_val = evaluate(state.ema.module, loaders.val, device, amp_dtype, cfg.channels_last)
+            row.update({"val_ema_acc1": ema_val["acc1"], "val_ema_acc5": ema_val["acc5"],
+                        "val_ema_loss": ema_val["loss"]})
+        loop.writer.epoch(row)
+        acc1 = row["val_ema_acc1" if state.ema is not None else "val_acc1"]  # what best.pt is chosen by
+        is_best = acc1 > progress.best_acc1
+        progress = state.progress = dataclasses.replace(progress, epoch=epoch + 1, batch=0, partial=None,
+                                                        best_acc1=max(progress.best_acc1, acc1))
+        checkpointer.save(state, best=is_best)
         if epoch + 1 < cfg.epochs and stop.requested(device):  # asked to stop during the epoch's last step
             log.info("stopped after epoch %d; last.pt written. Run again to resume.", epoch)
             return "stopped"
-    writer.close({"best_acc1": progress.best_acc1, "final_acc1": val["acc1"]})
+    loop.writer.close({"best_acc1": progress.best_acc1, "final_acc1": val["acc1"]})
     return "done"
 
 
-def train_one_epoch(net, loaders: Loaders, optimizer, scheduler, scaler, criterion, device, cfg: RunConfig,
-                    env: DistEnv, progress: Progress, steps_per_epoch: int, writer, stop: StopRequest,
-                    heartbeat: Heartbeat, note_skipped):
-    """Steps until the epoch ends or every rank agrees to stop. Returns global (loss, samples, skipped,
-    seconds) sums and whether it stopped early. Loss is accumulated on the device: no sync per step."""
-    net.train()
-    amp_dtype = AMP_DTYPES[cfg.amp]
+def _epoch_row(epoch: int, env: DistEnv, sums: torch.Tensor, val: dict, lr: float) -> dict:
+    loss_sum, samples, skipped, seconds = sums.tolist()
+    return {"epoch": epoch, "world_size": env.world_size, "train_loss": loss_sum / max(samples, 1),
+            "val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"],
+            "val_samples": val["samples"], "images_per_sec": samples / max(seconds, 1e-9),
+            "epoch_seconds": seconds, "lr": lr, "skipped_images": int(skipped) + val["skipped"]}
+
+
+def train_one_epoch(loop: Loop, state: TrainState, loader) -> tuple[torch.Tensor, bool]:
+    """Optimizer steps until the epoch ends or every rank agrees to stop (only between optimizer steps, so a
+    checkpoint never holds half an accumulation). Returns global (loss, samples, skipped, seconds) sums and
+    whether it stopped early. The loss is accumulated on the device: no sync per step."""
+    cfg, progress, device = loop.cfg, state.progress, loop.device
+    loop.net.train()
     local = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, samples, skipped on this rank
     prior = torch.tensor(progress.partial or [0.0] * 4, dtype=torch.float64)
     started = time.monotonic()
-    writer.epoch_started()
-    stopped = False
-    for batch in loaders.train:
-        heartbeat.beat(progress.step + 1)  # "has its data for this step": a rank stuck loading stays behind
-        note_skipped(batch.skipped)
+    loop.writer.epoch_started()
+    stopped, step_images = False, 0
+    for batch in loader:
+        loop.heartbeat.beat(progress.step + 1)  # "has its data for this step": a rank stuck loading stays behind
+        loop.note_skipped(batch.skipped)
         local[2] += len(batch.skipped)
         images, labels = to_device(batch, device, cfg.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            if labels.numel():
-                loss = criterion(net(images), labels)
-            else:  # every image of this batch was unreadable: a zero step keeps DDP's collectives in step
-                loss = sum(p.sum() for p in net.parameters()) * 0.0
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        micro = progress.batch % cfg.accum_steps  # position in the accumulation
+        loss = forward_backward(loop, state, images, labels, micro)
         local[0] += loss.detach().double() * labels.numel()
         local[1] += labels.numel()
+        step_images += labels.numel()
         progress.batch += 1
-        progress.step += 1
-        writer.step(progress.epoch, progress.batch, steps_per_epoch, loss.detach(), labels.numel() * env.world_size)
-        if progress.batch >= steps_per_epoch:
+        if micro + 1 < cfg.accum_steps:
+            continue
+        optimizer_step(loop, state)
+        loop.writer.step(progress.epoch, progress.batch // cfg.accum_steps, loop.steps_per_epoch, loss.detach(),
+                         step_images * loop.env.world_size)
+        step_images = 0
+        if progress.batch >= loop.steps_per_epoch * cfg.accum_steps:
             break
-        if stop.requested(device):
+        if loop.stop.requested(device):
             stopped = True
             break
     seconds = time.monotonic() - started
@@ -186,44 +191,38 @@ def train_one_epoch(net, loaders: Loaders, optimizer, scheduler, scaler, criteri
     return prior + sums if progress.partial else sums, stopped
 
 
-def resume(cfg: RunConfig, classes, model, optimizer, scheduler, scaler) -> Progress:
-    """--resume auto continues RUN_DIR/checkpoints/last.pt if it exists; PATH continues that file."""
-    path = os.path.join(cfg.run_dir, "checkpoints", "last.pt") if cfg.resume == "auto" else cfg.resume
-    if cfg.resume == "never" or not os.path.exists(path):
-        return Progress()
-    ckpt = checkpoint.load(path)
-    checkpoint.check_fits(ckpt, path, cfg.arch, classes)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    checkpoint.restore_rng(ckpt["rng"])
-    progress = Progress(epoch=ckpt["epoch"], batch=ckpt["batch"], step=ckpt["step"],
-                        best_acc1=ckpt["best_acc1"], partial=ckpt.get("partial"))
-    log.info("resumed from %s: epoch %d, step %d of it", path, progress.epoch, progress.batch)
-    return progress
+def forward_backward(loop: Loop, state: TrainState, images: torch.Tensor, labels: torch.Tensor, micro: int):
+    """One loader batch: mix, forward, loss / K, backward. DDP reduces gradients only on the last batch of an
+    accumulation (no_sync before). Returns the batch's mean loss (soft-target loss under mixing)."""
+    cfg, amp_dtype, k = loop.cfg, AMP_DTYPES[loop.cfg.amp], loop.cfg.accum_steps
+    if micro == 0:
+        state.optimizer.zero_grad(set_to_none=True)
+    syncing = micro + 1 == k or not hasattr(loop.net, "no_sync")
+    with (contextlib.nullcontext() if syncing else loop.net.no_sync()):
+        with torch.autocast(loop.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if not labels.numel():  # every image of this batch was unreadable: a zero step keeps DDP in step
+                loss = sum(p.sum() for p in loop.net.parameters()) * 0.0
+            elif loop.mixer is not None:
+                images, targets = loop.mixer(images, labels, (state.progress.step, micro, loop.env.rank))
+                loss = soft_cross_entropy(loop.net(images), targets)
+            else:
+                loss = F.cross_entropy(loop.net(images), labels, label_smoothing=cfg.label_smoothing)
+        state.scaler.scale(loss / k).backward()
+    return loss
 
 
-def save(cfg: RunConfig, env: DistEnv, model, optimizer, scheduler, scaler, progress: Progress, classes,
-         best: bool, batches: int) -> None:
-    """Rank 0 writes last.pt (and best.pt); the others wait so nobody runs ahead of a half-saved state."""
-    if env.is_main:
-        state = {
-            "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "epoch": progress.epoch, "batch": progress.batch, "step": progress.step,
-            "best_acc1": progress.best_acc1, "partial": progress.partial,
-            "arch": cfg.arch, "num_classes": len(classes), "classes": list(classes),
-            "config": cfg.to_toml_dict(), "rng": checkpoint.rng_state(),
-            "preprocessing": Preprocessing.from_config(cfg).as_dict(),
-        }
-        paths = RunPaths(cfg.run_dir)
-        checkpoint.save_atomic(state, paths.last)
-        if best:
-            checkpoint.save_atomic(state, paths.best)
-        checkpoint.write_position(paths, epoch=progress.epoch, batch=progress.batch, epochs=cfg.epochs,
-                                  batches=batches)
-    barrier()
+def optimizer_step(loop: Loop, state: TrainState) -> None:
+    """Clip (after unscaling, under fp16), step, schedule, and update the EMA."""
+    cfg, progress = loop.cfg, state.progress
+    if cfg.clip_grad_norm is not None:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.clip_grad_norm)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    progress.step += 1
+    if state.ema is not None:
+        state.ema.after_step(state.model, progress.batch // cfg.accum_steps - 1, progress.epoch)
 
 
 def seed_everything(seed: int | None) -> None:
@@ -238,16 +237,32 @@ def seed_everything(seed: int | None) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def _summary(cfg, env, device, global_batch, lr, loaders, progress) -> str:
+def _summary(cfg, env, device, loaders, progress) -> str:
     where = f"{env.world_size} x {device.type}" + (f" ({torch.cuda.get_device_name(device)})"
                                                    if device.type == "cuda" else "")
+    global_batch, accum = cfg.global_batch(env.world_size), cfg.accum_steps
     lines = [
         f"distrain: {cfg.arch} on {where}, strategy {cfg.strategy}, amp {cfg.amp}, "
         f"channels_last {'on' if cfg.channels_last else 'off'}",
-        f"  global batch {global_batch} ({cfg.batch_size} per process), lr {lr:g} (= {cfg.lr:g} x {global_batch}/256)",
+        f"  global batch {global_batch} ({cfg.batch_size} per process{f' x {accum} accumulated' if accum > 1 else ''}), "
+        f"lr {cfg.scaled_lr(env.world_size):g} (= {cfg.lr:g} x {global_batch}/256), optimizer {cfg.optimizer}, "
+        f"schedule {cfg.schedule}",
         f"  {loaders.num_train} train / {loaders.num_val} val images, {len(loaders.classes)} classes",
         f"  run dir {cfg.run_dir}   tensorboard: distrain tensorboard {os.path.dirname(cfg.run_dir) or '.'}",
     ]
+    if cfg.recipe:
+        lines.append(f"  recipe {cfg.recipe}: {recipes.flags(cfg.recipe, cfg)}")
+        note = recipes.batch_note(cfg.recipe, global_batch)
+        lines += [f"  note: {note}"] if note else []
+    recipe_bits = [f"auto-augment {cfg.auto_augment}"] if cfg.auto_augment != "none" else []
+    recipe_bits += [f"{name.replace('_', '-')} {getattr(cfg, name):g}" for name in
+                    ("random_erase", "mixup_alpha", "cutmix_alpha", "label_smoothing") if getattr(cfg, name)]
+    recipe_bits += [f"ra-reps {cfg.ra_reps}"] if cfg.ra_reps > 1 else []
+    if recipe_bits:
+        lines.append("  training with " + ", ".join(recipe_bits))
+    if cfg.model_ema:
+        lines.append(f"  EMA of the weights every {cfg.ema_steps} steps (decay {adjusted_decay(cfg, env.world_size):.6g} "
+                     "per update); best.pt is chosen by the EMA's val acc1")
     if progress.epoch or progress.batch:
         lines.append(f"  resuming at epoch {progress.epoch}, batch {progress.batch}")
     return "\n".join(lines)

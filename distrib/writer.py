@@ -17,6 +17,7 @@ EPOCH_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
     "train_loss": "train/loss", "lr": "train/lr", "images_per_sec": "train/images_per_sec",
     "epoch_seconds": "train/epoch_seconds", "val_acc1": "val/acc1", "val_acc5": "val/acc5",
     "val_loss": "val/loss", "skipped_images": "data/skipped_images",
+    "val_ema_acc1": "val_ema/acc1", "val_ema_acc5": "val_ema/acc5", "val_ema_loss": "val_ema/loss",  # --model-ema
 }
 
 
@@ -116,11 +117,15 @@ class RunWriter(NullWriter):
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as fh:
             fh.write(json.dumps(row) + "\n")
         for key, tag in EPOCH_SCALARS.items():
-            self.tb.add_scalar(tag, row[key], row["epoch"])
+            if key in row:
+                self.tb.add_scalar(tag, row[key], row["epoch"])
         self.tb.flush()
         log.info("epoch %d: train loss %.4f  val loss %.4f  acc1 %.2f%%  acc5 %.2f%%  (%d val images, "
                  "%.0f img/s, %.1fs)", row["epoch"], row["train_loss"], row["val_loss"], row["val_acc1"],
                  row["val_acc5"], row["val_samples"], row["images_per_sec"], row["epoch_seconds"])
+        if "val_ema_acc1" in row:
+            log.info("epoch %d: EMA val loss %.4f  acc1 %.2f%%  acc5 %.2f%%", row["epoch"], row["val_ema_loss"],
+                     row["val_ema_acc1"], row["val_ema_acc5"])
 
     def close(self, final: dict | None = None) -> None:
         if final:

@@ -104,12 +104,14 @@ def evaluate(cli: dict,
              gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs (default: all visible; 0 = CPU).",
                                                 rich_help_panel=TOPOLOGY),
              procs: int = typer.Option(1, "--procs", help="CPU processes (with --gpus 0).", rich_help_panel=TOPOLOGY),
-             json_out: bool = typer.Option(False, "--json", help="Print one JSON object: acc1, acc5, loss, samples.")):
+             json_out: bool = typer.Option(False, "--json", help="Print one JSON object: acc1, acc5, loss, samples."),
+             ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the checkpoint's EMA weights when it has "
+                                      "them (--model-ema runs); --no-ema: the raw trained weights.")):
     """Accuracy of a checkpoint on DATA/val, on one or many processes (identical for any count)."""
     from launch import start
 
     try:
-        code = start.evaluate(checkpoint, cli, gpus, procs, json_out, out=out, warn=warn)
+        code = start.evaluate(checkpoint, cli, gpus, procs, json_out, out=out, warn=warn, ema=ema)
     except ConfigError as e:
         raise fail(str(e)) from None
     raise typer.Exit(code)
@@ -224,6 +226,20 @@ def bench(cli: dict,
         out.print(json.dumps(result), soft_wrap=True, markup=False, highlight=False)  # paths may hold [brackets]
     else:
         out.print(b.describe(result), soft_wrap=True, markup=False, highlight=False)
+
+
+@app.command()
+def recipes(name: Optional[str] = typer.Argument(None, help="One recipe (default: all).")):
+    """Named training recipes (--recipe NAME): every option each sets, and where its value comes from."""
+    from distrib.recipe import recipes as r
+
+    if name is not None and name not in r.RECIPES:
+        raise fail(f"no recipe {name!r}; the recipes are {', '.join(r.RECIPES)}")
+    names = [name] if name else list(r.RECIPES)
+    out.print("\n\n".join(r.describe(n) for n in names), soft_wrap=True, markup=False, highlight=False)
+    if not name:
+        out.print("\nUse one with `distrain launch --recipe NAME ...`; options given on the command line or in "
+                  "--config win over the recipe's.", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()

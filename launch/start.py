@@ -11,6 +11,7 @@ import time
 
 from distrib import workers
 from distrib.config import ConfigError, RunConfig, write_run_config
+from distrib.recipe import recipes
 from distrib.failure import clear as clear_failures
 from distrib.paths import RunPaths
 from launch import preflight, run_dir, run_status, topology
@@ -152,9 +153,12 @@ def describe(plan: topology.Plan, cfg: RunConfig, argv: list[str], launch_argv: 
     """The dry run: the numbers that matter, then for every node the exact command it runs."""
     lines = [f"# world size {plan.world_size}: {plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
              f"process(es), strategy {cfg.strategy}",
-             f"# global batch {plan.global_batch} ({cfg.batch_size} per process), "
+             f"# global batch {plan.global_batch} ({cfg.batch_size} per process"
+             f"{f' x {cfg.accum_steps} accumulated' if cfg.accum_steps > 1 else ''}), "
              f"lr {plan.lr:g} (= {cfg.lr:g} x {plan.global_batch}/256)",
              f"# run dir {cfg.run_dir}",
+             *([f"# recipe {cfg.recipe}: {recipes.flags(cfg.recipe, cfg)}"] if cfg.recipe else []),
+             *([f"# note: {note}"] if cfg.recipe and (note := recipes.batch_note(cfg.recipe, plan.global_batch)) else []),
              f"# `{shlex.join(launch_argv)}` writes {os.path.join(cfg.run_dir, 'config.toml')}, then runs:"]
     if plan.mode == "c10d":
         lines.insert(3, f"# rendezvous c10d at {plan.rdzv_endpoint} (id {plan.rdzv_id}), hosted by the node "
@@ -203,7 +207,7 @@ def train_in_place(cfg: RunConfig, typed: list[str], out, warn) -> int:
     return finish(cfg, 0, "request" if result == "stopped" else None, time.monotonic() - started, typed, out)
 
 
-def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) -> int:
+def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, ema: bool = True) -> int:
     """`distrain eval`: the checkpoint's own preprocessing and classes, on 1 process or P through torchrun."""
     from launch import use_model
 
@@ -224,5 +228,5 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) 
                     workers=workers, gpus=gpus, procs=procs, resume="never", run_dir="eval",
                     amp=trained.get("amp", "off") if gpus else "off", channels_last=bool(trained.get("channels_last")),
                     device="cpu" if gpus == 0 else "cuda").validate()
-    args = [str(checkpoint)] + (["--json"] if as_json else [])
+    args = [str(checkpoint)] + (["--json"] if as_json else []) + ([] if ema else ["--no-ema"])
     return use_model.run_tool("eval", cfg, args, nprocs, out)

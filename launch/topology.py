@@ -86,12 +86,12 @@ def make_plan(cfg: RunConfig, gpus_here: int, allocated_nodes: int | None = None
                 raise ConfigError(f"--nodes {cfg.nodes} outside SLURM needs --rdzv-endpoint HOST:PORT (the first "
                                   "node's address); run the same command on every node, or use --slurm")
             _check_endpoint(cfg.rdzv_endpoint)
-    global_batch = cfg.batch_size * procs * hi
+    global_batch = cfg.global_batch(procs * hi)
     endpoint = cfg.rdzv_endpoint
     if endpoint and ":" not in endpoint:
         endpoint = f"{endpoint}:{DEFAULT_RDZV_PORT}"
     return Plan(mode=mode, min_nodes=lo, max_nodes=hi, procs_per_node=procs, device=device,
-                global_batch=global_batch, lr=cfg.lr * global_batch / 256, rdzv_endpoint=endpoint,
+                global_batch=global_batch, lr=cfg.scaled_lr(procs * hi), rdzv_endpoint=endpoint,
                 rdzv_id=rdzv_id(cfg) if mode == "c10d" else None)
 
 
