@@ -133,7 +133,7 @@ def main(checkpoint_path: str, fmt: str, output: str, pre: Preprocessing, sample
     ckpt = checkpoint.load(checkpoint_path)
     classes = list(ckpt["classes"])
     net = torchvision.models.get_model(ckpt["arch"], weights=None, num_classes=len(classes))
-    net.load_state_dict(ckpt["model"])
+    net.load_state_dict(checkpoint.model_weights(ckpt))  # the EMA's when the run kept one
     model = Normalized(net, pre).eval()
     meta = {
         "format": fmt, "file": kind.file, "arch": ckpt["arch"], "num_classes": len(classes), "classes": classes,

@@ -65,7 +65,7 @@ def main(checkpoint_path: str, topk: int, cfg) -> None:
     ckpt = checkpoint.load(checkpoint_path)
     classes = list(ckpt["classes"])
     model = build_model(ckpt["arch"], len(classes), False, None, env)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(checkpoint.model_weights(ckpt))  # the EMA's when the run kept one
     model.to(device).eval()
 
     paths = RunPaths(cfg.run_dir)

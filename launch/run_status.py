@@ -39,14 +39,16 @@ def summary(run_dir: str, data: str | None = None) -> list[str]:
     rows = rd.metrics_rows(paths)
     if not rows:
         return [f"no finished epoch in {run_dir} yet"]
-    best = max(rows, key=lambda r: r["val_acc1"])
+    acc = "val_ema_acc1" if "val_ema_acc1" in rows[-1] else "val_acc1"  # what best.pt was chosen by
+    best = max(rows, key=lambda r: r[acc])
     last = rows[-1]
     seconds = sum(r["epoch_seconds"] for r in rows)
     images = sum(r["images_per_sec"] * r["epoch_seconds"] for r in rows)
     wall = (rd.outcome(paths) or {}).get("wall_seconds") or seconds
-    ema = " (EMA weights)" if "val_ema_acc1" in best else ""
-    lines = [f"  best acc1 {best['val_acc1']:.2f}% at epoch {best['epoch']}{ema}; final acc1 {last['val_acc1']:.2f}%, "
-             f"acc5 {last['val_acc5']:.2f}% (epoch {last['epoch']})",
+    ema = " (EMA weights: best.pt, eval, predict and export use them)" if acc == "val_ema_acc1" else ""
+    five = acc.replace("acc1", "acc5")
+    lines = [f"  best acc1 {best[acc]:.2f}% at epoch {best['epoch']}{ema}; final acc1 {last[acc]:.2f}%, "
+             f"acc5 {last[five]:.2f}% (epoch {last['epoch']})",
              f"  {len(rows)} epoch(s), wall time {_duration(wall)}, {images / max(seconds, 1e-9):,.0f} img/s "
              f"training on average",
              f"  best.pt  {paths.best}",
