@@ -15,6 +15,16 @@ def scaled_lr(cfg: RunConfig, global_batch: int) -> float:
     return cfg.lr * global_batch / 256
 
 
+def rescale_lr(optimizer: torch.optim.Optimizer, scheduler, lr: float) -> None:
+    """After a resume: the base LR is this attempt's scaled_lr, even if the checkpoint was written by a
+    world of another size (its optimizer and scheduler state carry the old base). A no-op otherwise."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)  # exactly LambdaLR's own formula
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def build_optimizer(model: nn.Module, cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
     if cfg.decay_norm_bias:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}]

@@ -23,7 +23,7 @@ from distrib.data import Loaders, build_loaders, to_device
 from distrib.env import DistEnv
 from distrib.evaluate import evaluate
 from distrib.model import build_model, unwrap, wrap_model
-from distrib.optim import build_optimizer, build_scheduler, scaled_lr
+from distrib.optim import build_optimizer, build_scheduler, rescale_lr, scaled_lr
 from distrib.process_group import all_reduce_sum, barrier, pick_device, process_group
 from distrib.stop import StopRequest
 from distrib.watchdog import Heartbeat
@@ -50,6 +50,7 @@ class Progress:
     step: int = 0           # optimizer steps since the start of the run
     best_acc1: float = 0.0
     partial: list | None = None  # global sums of an interrupted epoch: loss, samples, skipped, seconds
+    world_size: int | None = None  # of the attempt that wrote the checkpoint resumed from
 
 
 @record  # writes the rank's traceback where torchrun shows it in the failure summary
@@ -61,7 +62,7 @@ def main(cfg: RunConfig) -> str:
     cfg = resolve_precision(cfg, device)
     stop = StopRequest.install(cfg.run_dir)
     with process_group(env, device, cfg.dist_timeout):
-        heartbeat = Heartbeat(env, cfg.dist_timeout)
+        heartbeat = Heartbeat(env, cfg.dist_timeout, cfg.run_dir)
         try:
             return train(cfg, env, device, stop, heartbeat)
         except RuntimeError as e:
@@ -70,6 +71,8 @@ def main(cfg: RunConfig) -> str:
                 raise
             log.error("%s", hung)
             raise hung from e
+        finally:
+            heartbeat.close()
 
 
 def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest, heartbeat: Heartbeat) -> str:
@@ -87,6 +90,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     progress = resume(cfg, loaders.classes, model, optimizer, scheduler, scaler)
+    rescale_lr(optimizer, scheduler, lr)  # the LR follows this attempt's global batch (world size may differ)
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed + env.rank)  # per-rank stream for anything after model init
     net = wrap_model(model, cfg.strategy, device, env, cfg.sync_bn, cfg.bucket_mb)
@@ -179,6 +183,7 @@ def train_one_epoch(net, loaders: Loaders, optimizer, scheduler, scaler, criteri
         if stop.requested(device):
             stopped = True
             break
+    heartbeat.pause()
     seconds = time.monotonic() - started
     sums = torch.cat([local, torch.tensor([0.0], dtype=torch.float64, device=device)])
     sums = all_reduce_sum(sums).cpu()
@@ -199,7 +204,7 @@ def resume(cfg: RunConfig, classes, model, optimizer, scheduler, scaler) -> Prog
     scaler.load_state_dict(ckpt["scaler"])
     checkpoint.restore_rng(ckpt["rng"])
     progress = Progress(epoch=ckpt["epoch"], batch=ckpt["batch"], step=ckpt["step"],
-                        best_acc1=ckpt["best_acc1"], partial=ckpt.get("partial"))
+                        best_acc1=ckpt["best_acc1"], partial=ckpt.get("partial"), world_size=ckpt.get("world_size"))
     log.info("resumed from %s: epoch %d, step %d of it", path, progress.epoch, progress.batch)
     return progress
 
@@ -212,7 +217,7 @@ def save(cfg: RunConfig, env: DistEnv, model, optimizer, scheduler, scaler, prog
             "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "epoch": progress.epoch, "batch": progress.batch, "step": progress.step,
-            "best_acc1": progress.best_acc1, "partial": progress.partial,
+            "best_acc1": progress.best_acc1, "partial": progress.partial, "world_size": env.world_size,
             "arch": cfg.arch, "num_classes": len(classes), "classes": list(classes),
             "config": cfg.to_toml_dict(), "rng": checkpoint.rng_state(),
         }
@@ -247,4 +252,9 @@ def _summary(cfg, env, device, global_batch, lr, loaders, progress) -> str:
     ]
     if progress.epoch or progress.batch:
         lines.append(f"  resuming at epoch {progress.epoch}, batch {progress.batch}")
+    if progress.world_size and progress.world_size != env.world_size:
+        before = cfg.batch_size * progress.world_size
+        lines.append(f"  world size changed {progress.world_size} -> {env.world_size} since the checkpoint: global "
+                     f"batch {before} -> {global_batch}; lr follows it (linear scaling) "
+                     f"{scaled_lr(cfg, before):g} -> {lr:g}")
     return "\n".join(lines)
