@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from distrib import hangs
 from distrib.env import DistEnv
+from distrib.process_group import store_scope
 
 log = logging.getLogger("distrain")
 PROBE_SECONDS = 3.0  # a TCP connect to a live host answers in milliseconds, even when the process is stopped
@@ -37,18 +38,19 @@ class HungRankError(RuntimeError):
 class Heartbeat:
     def __init__(self, env: DistEnv, timeout_s: int, run_dir: str):
         self.env, self.timeout_s, self.run_dir, self.store = env, timeout_s, run_dir, None
-        self.stack_path = hangs.stack_file(run_dir, env.rank, env.restart_count)
-        self._stack_fh = self._probe = None
+        self.stack_path = self._stack_fh = self._probe = None
         if env.is_distributed and env.world_size > 1 and "MASTER_ADDR" in os.environ:
             master = os.environ["MASTER_ADDR"]
             store = dist.TCPStore(master, int(os.environ["MASTER_PORT"]), is_master=False,
                                   timeout=datetime.timedelta(seconds=30), wait_for_workers=False)
-            self.store = dist.PrefixStore(f"distrain/heartbeat/{env.restart_count}/", store)
-            self.store.set(f"where/{env.rank}", self._listen(master))
+            self.store = dist.PrefixStore(f"distrain/heartbeat/{store_scope(env)}/", store)
+            addr, port = self._listen(master)
+            self.stack_path = hangs.stack_file(run_dir, env.rank, addr, env.restart_count)
             os.makedirs(hangs.hang_dir(run_dir), exist_ok=True)
             self._stack_fh = open(self.stack_path, "w")
+            self.store.set(f"where/{env.rank}", f"{addr}:{port} {self.stack_path}")  # probe here; stacks there
 
-    def _listen(self, master: str) -> str:
+    def _listen(self, master: str) -> tuple[str, int]:
         """A socket that is never accepted: the kernel completes a probe's connect while the process lives,
         even stopped, refuses it once the process is gone, and cannot answer at all when the host is cut."""
         self._probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -60,7 +62,7 @@ class Heartbeat:
                 addr = s.getsockname()[0]
         except OSError:
             addr = socket.gethostname()
-        return f"{addr}:{self._probe.getsockname()[1]}"
+        return addr, self._probe.getsockname()[1]
 
     def beat(self, step: int) -> None:
         if self.store is not None:
@@ -109,12 +111,13 @@ class Heartbeat:
         if not silent:
             return HungRankError(f"a collective timed out after {self.timeout_s} s (--dist-timeout) on every "
                                  "rank: the network between them, or ranks waiting in different collectives")
-        names = "; ".join(f"rank {r} (at step {steps[r]}) on {where[r].rpartition(':')[0]} {_probe(where[r])}"
+        probes = {r: where[r].split(" ", 1) for r in silent}  # "addr:port stack-file"
+        names = "; ".join(f"rank {r} (at step {steps[r]}) on {probes[r][0].rpartition(':')[0]} {_probe(probes[r][0])}"
                           for r in silent)
         first = silent[0]
         message = (f"a collective timed out after {self.timeout_s} s (--dist-timeout): {names}; the other ranks "
-                   f"were waiting for it. Its stack: {hangs.stack_file(self.run_dir, first, self.env.restart_count)}"
-                   f" (written by rank {first} itself if it can still run), its log: logs/rank{first}.log")
+                   f"were waiting for it. Its stack: {probes[first][1]} (written by rank {first} itself if it can "
+                   f"still run), its log: logs/rank{first}.log")
         self._write_explanation(message)
         return HungRankError(message)
 
@@ -135,7 +138,7 @@ class Heartbeat:
         except Exception as e:  # Flight Recorder is not in every torch build nor for every backend
             log.warning("no Flight Recorder trace: %s", e)
             return
-        with open(hangs.trace_file(self.run_dir, self.env.rank, self.env.restart_count), "wb") as out:
+        with open(hangs.trace_file(self.stack_path), "wb") as out:
             out.write(trace)
 
     def _write_explanation(self, message: str) -> None:

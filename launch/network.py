@@ -22,7 +22,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
 
 
 @dataclass(frozen=True)

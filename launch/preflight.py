@@ -122,15 +122,15 @@ def check_rendezvous(cfg: RunConfig, plan: topology.Plan) -> Check | None:
 
 
 def _loopback_endpoint(host: str, addrs: tuple[str, ...], port: str, plan: topology.Plan) -> Check:
-    """A loopback endpoint reaches no other machine. Written as such (127.0.0.1, localhost) it is a choice:
-    every node on this machine. A name that resolves to loopback (Debian's 127.0.1.1 for its own hostname)
-    is the classic trap: each node would wait for a store on itself."""
+    """A loopback endpoint reaches no other machine. Written as an address (127.0.0.1) it is a choice: every
+    node on this machine. A name that resolves to loopback (localhost, or Debian's 127.0.1.1 for the
+    machine's own name) is the classic trap: each node would wait for a store on itself."""
     if plan.max_nodes == 1:
         return Check("rendezvous", True, f"{host} is this machine (loopback)")
     outside = network.first_outside_address()
     fix = (f"use this node's address instead: --rdzv-endpoint {outside[1]}:{port} ({outside[0]})" if outside
            else "use an address of this node that the other nodes reach")
-    if network.is_ip_literal(host) or host in network.LOOPBACK_NAMES:
+    if network.is_ip_literal(host):
         return Check("rendezvous", False, f"--rdzv-endpoint {host} is loopback: only nodes on this machine can "
                      f"join the {plan.nnodes} nodes expected", fix, warning=True)
     return Check("rendezvous", False, f"--rdzv-endpoint host {host!r} resolves to {', '.join(addrs)} here, a "

@@ -54,6 +54,10 @@ def show(run_dir: Path, out) -> None:
                   f"train loss {last['train_loss']:.4f}; best acc1 {best:.2f}%")
     else:
         out.print("no finished epoch yet")
+    from distrib import hangs
+
+    for line in hangs.describe(str(run_dir)):  # a hang's explanation and stacks (distrib/hangs.py)
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
     log = newest_log(run_dir)
     if log:
         out.print(f"--- {log}")

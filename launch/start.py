@@ -65,7 +65,7 @@ def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], out, env: dic
     if code != 0:
         out.print(f"[red]run failed[/] (torchrun exit {code}); per-rank logs are in {cfg.run_dir}/logs",
                   soft_wrap=True)
-        for line in hang_lines(cfg.run_dir):
+        for line in hangs.describe(cfg.run_dir):
             out.print(line, soft_wrap=True, markup=False, highlight=False)
         return 1
     return 0
@@ -89,7 +89,7 @@ def _node_argv(plan: topology.Plan, cfg: RunConfig, config_path: str, role: topo
 
 def _rank_environment(plan: topology.Plan, node: network.NodeNet | None = None, run_dir: str = "") -> dict:
     env = dict(os.environ)
-    env.update(topology.node_env(node and node.role(), plan.device, hangs.hang_dir(run_dir), os.environ))
+    env.update(topology.node_env(plan, node and node.role(), hangs.hang_dir(run_dir), os.environ))
     if plan.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # --gpus 0 means CPU even on a GPU machine
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(plan.procs_per_node, 1))))
@@ -135,15 +135,6 @@ NODE_ENV_KEYS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TORCH_FR_BUFFER_SI
 def _env_summary(env: dict) -> str:
     return " ".join(f"{k}={env[k]}" for k in NODE_ENV_KEYS[:2] if k in env) + (
         " (your own setting)" if any(k in os.environ for k in NODE_ENV_KEYS[:2]) else "")
-
-
-def hang_lines(run_dir: str) -> list[str]:
-    """After a failed run: the last hang's explanation and where its evidence is (distrib/hangs.py)."""
-    line, files = hangs.evidence(run_dir)
-    if not files:
-        return []
-    return ([f"hang: {line}"] if line else []) + [f"hang evidence: {', '.join(files[:6])}"
-                                                  + (f" (+{len(files) - 6} more)" if len(files) > 6 else "")]
 
 
 def train_in_place(cfg: RunConfig, out, warn) -> int:

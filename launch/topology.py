@@ -142,10 +142,15 @@ class NodeRole:
 FLIGHT_RECORDER_ENTRIES = "2000"
 
 
-def node_env(node: NodeRole | None, device: str, hang_dir: str, environ: dict) -> dict[str, str]:
+def node_env(plan: Plan, node: NodeRole | None, hang_dir: str, environ: dict) -> dict[str, str]:
     """The variables this node's ranks get from distrain, leaving out any the user already set."""
     env = {"TORCH_FR_BUFFER_SIZE": FLIGHT_RECORDER_ENTRIES}
-    if device == "cuda":  # NCCL writes its own trace from its watchdog when a collective times out
+    if plan.mode == "c10d":
+        # With the agents' shared store, a node that joins a later round (elastic scale-up: a lost node
+        # coming back) waits forever for the store address the old rank-0 agent never republishes
+        # (torch 2.14); unshared, rank 0's worker hosts a fresh store every round (distrib/process_group.py).
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    if plan.device == "cuda":  # NCCL writes its own trace from its watchdog when a collective times out
         env |= {"TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
                 "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": os.path.join(hang_dir, "nccl-trace-rank")}
     if node is not None and node.ifname:

@@ -1,6 +1,6 @@
 """Test hosts: separate network stacks on one machine (Linux network namespaces, as root).
 
-    with TestHosts(2, dead_end={1}) as (a, b):     # b also has eth0 on a bridge that reaches no one
+    with NetHosts(2, dead_end={1}) as (a, b):     # b also has eth0 on a bridge that reaches no one
         a.popen([...], log)  ;  b.run([...])        # runs `ip netns exec HOST ...`
         b.cut()  ;  b.restore()                      # its cable pulled and plugged back (link down/up)
 
@@ -83,7 +83,7 @@ class Host:
                 pass
 
 
-class TestHosts:
+class NetHosts:
     """N hosts on one bridge; `dead_end` hosts get a first interface (eth0) that reaches nobody."""
 
     def __init__(self, n: int, dead_end: set[int] = frozenset()):
