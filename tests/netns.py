@@ -12,6 +12,7 @@ so a killed test run leaves nothing behind for long, and parallel test runs neve
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -32,6 +33,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
+@functools.cache
 def unavailable() -> str | None:
     """Why test hosts cannot be made here (None: they can)."""
     if os.geteuid() != 0:
