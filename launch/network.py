@@ -181,7 +181,8 @@ def write_node_record(run_dir: str, record: dict, node: NodeNet | None, env: dic
         entry |= {"local_addr": node.local_addr, "ifname": node.ifname, "is_host": node.is_host,
                   "hostname_addrs": list(node.hostname_addrs)}
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, ".launch.lock"), "w") as lock:
+    lock = os.open(run_dir, os.O_RDONLY)  # the run dir itself is the lock: no extra file in it
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             with open(os.path.join(run_dir, "launch.json")) as fh:
@@ -190,3 +191,5 @@ def write_node_record(run_dir: str, record: dict, node: NodeNet | None, env: dic
             nodes = {}
         nodes[entry.get("local_addr") or entry["hostname"]] = entry
         write(run_dir, {**record, "node": entry, "nodes": nodes})
+    finally:
+        os.close(lock)

@@ -60,6 +60,15 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
     return log.read_text()
 
 
+def elastic_pair(a, b, run_dir: Path, data, epochs: int, logs: tuple[Path, ...]):
+    """A and B start an elastic run (--nodes 1:2, two restarts allowed); returns once epoch 0 is done."""
+    args = launch_args(a, run_dir, data, "--nodes", "1:2", "--max-restarts", "2", "--epochs", str(epochs),
+                       "--dist-timeout", TIMEOUT)
+    pa, pb = a.distrain(*args, log=logs[0]), b.distrain(*args, log=logs[1])
+    wait_for(lambda: metrics(run_dir), 180, pa, pb, logs=logs)
+    return args, pa, pb
+
+
 def rank_on(host, run_dir: Path) -> tuple[int, int]:
     """(rank, pid) of the training process running on `host`."""
     pids = set(host.pids())
@@ -125,10 +134,7 @@ def test_host_cut_off_mid_run_then_back(imagefolder, tmp_path):
     run_dir = tmp_path / "cut"
     logs = (tmp_path / "a.log", tmp_path / "b.log", tmp_path / "b-again.log")
     with NetHosts(2) as (a, b):
-        args = launch_args(a, run_dir, imagefolder, "--nodes", "1:2", "--max-restarts", "2", "--epochs", "200",
-                           "--dist-timeout", TIMEOUT)
-        pa, pb = a.distrain(*args, log=logs[0]), b.distrain(*args, log=logs[1])
-        wait_for(lambda: metrics(run_dir), 180, pa, pb, logs=logs)
+        args, pa, pb = elastic_pair(a, b, run_dir, imagefolder, 200, logs)
         b.cut()
         rank0 = run_dir / "logs" / "rank0.log"
         wait_for(lambda: "world size changed 2 -> 1" in rank0.read_text(), 180, pa, logs=logs)
@@ -158,10 +164,7 @@ def test_host_processes_killed_mid_run(imagefolder, tmp_path):
     run_dir = tmp_path / "killed"
     logs = (tmp_path / "a.log", tmp_path / "b.log")
     with NetHosts(2) as (a, b):
-        args = launch_args(a, run_dir, imagefolder, "--nodes", "1:2", "--max-restarts", "2", "--epochs", "3",
-                           "--dist-timeout", TIMEOUT)
-        pa, pb = a.distrain(*args, log=logs[0]), b.distrain(*args, log=logs[1])
-        wait_for(lambda: metrics(run_dir), 180, pa, pb, logs=logs)
+        _, pa, pb = elastic_pair(a, b, run_dir, imagefolder, 3, logs)
         b.kill_all()
         out = finish(pa, logs[0])
     assert pa.returncode == 0, out[-4000:]
