@@ -44,13 +44,25 @@ def _attempt_store(env: DistEnv, timeout: datetime.timedelta) -> dist.Store:
 
     torchrun keeps one store across elastic restarts: without the prefix, a restarted group reads the
     dead group's gloo addresses and hangs in connectFullMesh. Under torchrun the agent hosts the store at
-    MASTER_ADDR:MASTER_PORT; under srun alone rank 0 hosts it there (the sbatch script exports both).
+    MASTER_ADDR:MASTER_PORT, unless it says it does not (TORCHELASTIC_USE_AGENT_STORE=False, multi-node
+    launches); then, as under srun alone, rank 0 hosts it there (the sbatch script exports both).
     """
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    hosts_it = env.launcher == "srun" and env.rank == 0
+    hosts_it = env.rank == 0 and not _agent_hosts_store(env)
     store = dist.TCPStore(host, port, world_size=env.world_size if hosts_it else None, is_master=hosts_it,
                           timeout=timeout, wait_for_workers=False)
-    return dist.PrefixStore(f"distrain/attempt{env.restart_count}/", store)
+    return dist.PrefixStore(f"distrain/{store_scope(env)}/", store)
+
+
+def _agent_hosts_store(env: DistEnv) -> bool:
+    return env.launcher == "torchrun" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "False"
+
+
+def store_scope(env: DistEnv) -> str:
+    """A key prefix every rank of this attempt agrees on. The agents' shared store outlives attempts, so
+    its keys carry the restart count; a store that rank 0 hosts is new every attempt, and restart counts
+    differ between agents anyway once a node joins late (elastic scale-up)."""
+    return f"attempt{env.restart_count}" if _agent_hosts_store(env) else "attempt"
 
 
 def is_dist() -> bool:

@@ -28,8 +28,9 @@ class Progress:
     step: int = 0           # optimizer steps since the start of the run
     best_acc1: float = 0.0  # best val acc1 so far (of the EMA when --model-ema)
     partial: list | None = None  # global sums of an interrupted epoch: loss, samples, skipped, seconds
+    world_size: int | None = None  # of the attempt that wrote the checkpoint (an elastic restart may differ)
 
-    FIELDS = ("epoch", "batch", "step", "best_acc1", "partial")
+    FIELDS = ("epoch", "batch", "step", "best_acc1", "partial", "world_size")
 
 
 @dataclasses.dataclass
@@ -40,6 +41,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     ema: ModelEMA | None
     progress: Progress
+    world_size: int = 1                 # of this attempt; saved so a restart with another can tell
 
     @classmethod
     def create(cls, model: nn.Module, cfg: RunConfig, world_size: int, steps_per_epoch: int,
@@ -47,12 +49,12 @@ class TrainState:
         optimizer = build_optimizer(model, cfg, cfg.scaled_lr(world_size))
         return cls(model, optimizer, build_scheduler(optimizer, cfg, steps_per_epoch),
                    torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16"),
-                   ModelEMA.for_run(model, cfg, world_size), Progress())
+                   ModelEMA.for_run(model, cfg, world_size), Progress(), world_size)
 
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 **{name: getattr(self.progress, name) for name in Progress.FIELDS}}
+                 **{name: getattr(self.progress, name) for name in Progress.FIELDS}, "world_size": self.world_size}
         if self.ema is not None:
             state["model_ema"] = self.ema.state_dict()  # n_averaged and module.* (AveragedModel's layout)
         return state
@@ -68,3 +70,17 @@ class TrainState:
             else:  # --model-ema switched on for a run that had none: start the average from here
                 self.ema.n_averaged.zero_()
         self.progress = Progress(**{name: state.get(name, getattr(Progress(), name)) for name in Progress.FIELDS})
+
+    def follow_world_size(self, cfg: RunConfig) -> None:
+        """After resuming a checkpoint written by a world of another size (an elastic restart with fewer or
+        more nodes): the learning rate follows the new global batch (linear scaling, cfg.scaled_lr), every
+        group by the same ratio so --head-lr-mult and the schedule's position are kept."""
+        before = self.progress.world_size
+        if not before or before == self.world_size:
+            return
+        ratio = cfg.scaled_lr(self.world_size) / cfg.scaled_lr(before)
+        self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] *= ratio
+            group["lr"] *= ratio
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]

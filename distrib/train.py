@@ -56,7 +56,7 @@ def main(cfg: RunConfig) -> str:
     cfg = resolve_precision(cfg, device)
     stop = StopRequest.install(cfg.run_dir)
     with process_group(env, device, cfg.dist_timeout):
-        heartbeat = Heartbeat(env, cfg.dist_timeout)
+        heartbeat = Heartbeat(env, cfg.dist_timeout, cfg.run_dir)
         try:
             return train(cfg, env, device, stop, heartbeat)
         except RuntimeError as e:
@@ -65,6 +65,8 @@ def main(cfg: RunConfig) -> str:
                 raise
             log.error("%s", hung)
             raise hung from e
+        finally:
+            heartbeat.close()
 
 
 @dataclasses.dataclass
@@ -102,6 +104,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
     state = TrainState.create(model, cfg, env.world_size, steps_per_epoch, device)
     checkpointer = Checkpointer(cfg, env, loaders.classes, steps_per_epoch)
     checkpointer.resume(state)
+    state.follow_world_size(cfg)  # a restart with fewer or more nodes: the lr follows the new global batch
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed + env.rank)  # per-rank stream for anything after model init
     net = wrap_model(model, cfg.strategy, device, env, cfg.sync_bn, cfg.bucket_mb, static_graph=cfg.accum_steps == 1)
@@ -184,6 +187,7 @@ def train_one_epoch(loop: Loop, state: TrainState, loader) -> tuple[torch.Tensor
         if loop.stop.requested(device):
             stopped = True
             break
+    loop.heartbeat.pause()
     seconds = time.monotonic() - started
     sums = torch.cat([local, torch.tensor([0.0], dtype=torch.float64, device=device)])
     sums = all_reduce_sum(sums).cpu()
@@ -265,4 +269,8 @@ def _summary(cfg, env, device, loaders, progress) -> str:
                      "per update); best.pt is chosen by the EMA's val acc1")
     if progress.epoch or progress.batch:
         lines.append(f"  resuming at epoch {progress.epoch}, batch {progress.batch}")
+    if progress.world_size and progress.world_size != env.world_size:
+        lines.append(f"  world size changed {progress.world_size} -> {env.world_size} since the checkpoint: global "
+                     f"batch {cfg.global_batch(progress.world_size)} -> {global_batch}; lr follows it (linear "
+                     f"scaling) {cfg.scaled_lr(progress.world_size):g} -> {cfg.scaled_lr(env.world_size):g}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from distrib.config import ConfigError, RunConfig
 from distrib.layout import check_dataset, count_images, scan_images
-from launch import topology
+from launch import network, topology
 
 MIN_FREE_BYTES = 2 * 1024**3  # room for last.pt + best.pt of a large model, with headroom
 
@@ -133,33 +133,64 @@ def check_disk(cfg: RunConfig) -> Check:
 
 
 def check_rendezvous(cfg: RunConfig, plan: topology.Plan) -> Check | None:
+    """Can the other nodes meet this one at the endpoint, and does this node know its own part in it?"""
     if plan.mode != "c10d":
         return None
     host, _, port = plan.rdzv_endpoint.rpartition(":")
-    try:
-        addrs = {a[4][0] for a in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)}
-    except socket.gaierror:
+    addrs = network.resolve(host)
+    if not addrs:
         return Check("rendezvous", False, f"--rdzv-endpoint host {host!r} does not resolve here",
                      "use the first node's IP address or a name every node resolves")
-    if not _is_local(addrs):
-        return Check("rendezvous", True, f"{host} resolves to {', '.join(sorted(addrs))} (another node hosts it)")
+    if all(network.is_loopback(a) for a in addrs):
+        return _loopback_endpoint(host, addrs, port, plan)
+    node = network.node_network(host)
+    if node is None:
+        return Check("rendezvous", False, f"no interface here routes to the rendezvous host {host} "
+                     f"({', '.join(addrs)})", "check the address, or this node's network (ip route get ADDR)")
+    if not node.is_host:
+        return Check("rendezvous", True, node.describe())
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        with socket.socket(socket.AF_INET6 if ":" in node.local_addr else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("", int(port)))
     except OSError:
-        return Check("rendezvous", False, f"port {port} on this head node is in use",
+        return Check("rendezvous", False, f"port {port} on this rendezvous host is in use",
                      "pick another --rdzv-endpoint port", warning=True)
-    return Check("rendezvous", True, f"this node hosts the rendezvous; port {port} is free")
+    return Check("rendezvous", True, f"{node.describe()}; port {port} is free")
 
 
-def _is_local(addrs: set[str]) -> bool:
-    local = {"127.0.0.1", "::1"}
-    try:
-        local |= {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)}
-    except socket.gaierror:
-        pass
-    return bool(addrs & local) or any(a.startswith("127.") for a in addrs)
+def _loopback_endpoint(host: str, addrs: tuple[str, ...], port: str, plan: topology.Plan) -> Check:
+    """A loopback endpoint reaches no other machine. Written as an address (127.0.0.1) it is a choice: every
+    node on this machine. A name that resolves to loopback (localhost, or Debian's 127.0.1.1 for the
+    machine's own name) is the classic trap: each node would wait for a store on itself."""
+    if plan.max_nodes == 1:
+        return Check("rendezvous", True, f"{host} is this machine (loopback)")
+    outside = network.first_outside_address()
+    fix = (f"use this node's address instead: --rdzv-endpoint {outside[1]}:{port} ({outside[0]})" if outside
+           else "use an address of this node that the other nodes reach")
+    if network.is_ip_literal(host):
+        return Check("rendezvous", False, f"--rdzv-endpoint {host} is loopback: only nodes on this machine can "
+                     f"join the {plan.nnodes} nodes expected", fix, warning=True)
+    return Check("rendezvous", False, f"--rdzv-endpoint host {host!r} resolves to {', '.join(addrs)} here, a "
+                 f"loopback address, while {plan.nnodes} nodes are expected: no other node can reach it",
+                 f"{fix}, or map {host} to that address in /etc/hosts")
+
+
+def check_hostname(plan: topology.Plan | None) -> Check | None:
+    """This node's own name resolving to loopback (127.0.1.1 on Debian) makes torchrun and gloo advertise an
+    address no other node can reach; distrain sidesteps it (--local-addr, GLOO_SOCKET_IFNAME), other tools
+    on the node will not."""
+    if plan is None or plan.mode != "c10d" or plan.max_nodes == 1:
+        return None
+    name = socket.gethostname()
+    addrs = network.resolve(name)
+    if addrs and not all(network.is_loopback(a) for a in addrs):
+        return Check("hostname", True, f"{name} resolves to {', '.join(addrs)}")
+    detail = (f"this node's name {name} resolves to {', '.join(addrs) or 'nothing'}"
+              + (" (loopback)" if addrs else "") + "; distrain passes torchrun --local-addr and sets "
+              "GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME from the route to the rendezvous host instead")
+    return Check("hostname", False, detail, f"for other tools, map {name} to this node's address in /etc/hosts",
+                 warning=True)
 
 
 def cheap_checks(cfg: RunConfig, plan: topology.Plan | None, here: bool = True) -> list[Check]:
@@ -189,7 +220,7 @@ def full_checks(cfg: RunConfig) -> list[Check]:
         checks.append(Check("topology", False, str(e)))
     checks.append(check_backend(plan))
     if plan is not None:
-        checks.append(check_rendezvous(cfg, plan))
+        checks += [check_rendezvous(cfg, plan), check_hostname(plan)]
     checks += [check_run_dir(cfg), check_disk(cfg)]
     if checks[0].ok:
         checks.append(check_resume(cfg))

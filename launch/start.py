@@ -11,10 +11,11 @@ import time
 
 from distrib import workers
 from distrib.config import ConfigError, RunConfig, write_run_config
-from distrib.recipe import recipes
+from distrib import hangs
 from distrib.failure import clear as clear_failures
 from distrib.paths import RunPaths
-from launch import preflight, run_dir, run_status, topology
+from distrib.recipe import recipes
+from launch import network, preflight, run_dir, run_status, topology
 from launch.run_local import rank_failure, run, write_launch_record
 
 STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command resumes
@@ -47,15 +48,21 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
         from launch import slurm_launch
 
         return slurm_launch.launch(cfg, plan, typed, dry_run, out)
-    argv = _node_argv(plan, cfg, paths.config)
     if dry_run:
-        out.print(describe(plan, cfg, argv, typed), soft_wrap=True, markup=False)
+        out.print(describe(plan, cfg, typed), soft_wrap=True, markup=False)
         return 0
+    node = network.this_node(plan)
+    argv = _node_argv(plan, cfg, paths.config, node and node.role())
+    env = _rank_environment(plan, node, cfg.run_dir)
     write_run_config(cfg, paths.config)
-    write_launch_record(cfg.run_dir, {"distrain": typed, "mode": plan.mode, "world_size": plan.world_size,
-                                      "command": argv, "nnodes": plan.nnodes, "procs_per_node": plan.procs_per_node})
+    record = {"distrain": typed, "mode": plan.mode, "world_size": plan.world_size, "command": argv,
+              "nnodes": plan.nnodes, "procs_per_node": plan.procs_per_node}
+    network.write_node_record(cfg.run_dir, record, node, {k: env[k] for k in NODE_ENV_KEYS if k in env},
+                              write_launch_record)
     out.print(_headline(plan, cfg), soft_wrap=True)
-    return run_here(cfg, plan, argv, typed, out)
+    if node is not None:
+        out.print(f"  {node.describe()}; {_env_summary(env)}", soft_wrap=True, markup=False)
+    return run_here(cfg, plan, argv, typed, out, env)
 
 
 def check_precision(cfg: RunConfig, device: str) -> None:
@@ -64,7 +71,7 @@ def check_precision(cfg: RunConfig, device: str) -> None:
                           "CPU use --amp off (the default there) or --amp bf16")
 
 
-def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], typed: list[str], out) -> int:
+def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], typed: list[str], out, env: dict) -> int:
     """Run this node's torchrun to the end; a stop request ends it at a step boundary with last.pt written.
     torchrun's own stderr (its failure dump) goes to RUN_DIR/logs/torchrun.err; the user sees the failing
     rank's one line instead."""
@@ -73,7 +80,7 @@ def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], typed: list[s
     clear_failures(cfg.run_dir)
     run_dir.write_outcome(paths, "running")
     started = time.monotonic()
-    code, signalled = run(argv, _rank_environment(plan), paths.stop, say=lambda m: out.print(f"[yellow]{m}[/]"),
+    code, signalled = run(argv, env, paths.stop, say=lambda m: out.print(f"[yellow]{m}[/]"),
                           stderr_path=os.path.join(paths.logs, "torchrun.err"))
     stopped = os.path.exists(paths.stop)
     _remove(paths.stop)
@@ -104,6 +111,8 @@ def finish(cfg: RunConfig, code: int, stopped_by: str | None, seconds: float, ty
             err_print(f"[bold red]error:[/] {failure.message}")
             return 2
         out.print(f"[red]run failed[/]: {failure}", soft_wrap=True, highlight=False)
+        for line in hangs.describe(cfg.run_dir):  # a hang's explanation and the stacks (distrib/hangs.py)
+            out.print(line, soft_wrap=True, markup=False, highlight=False)
         return 1
     run_dir.write_outcome(paths, "finished", wall_seconds=wall)
     out.print(f"[green]run finished[/]: {cfg.run_dir}", soft_wrap=True)
@@ -125,17 +134,18 @@ def _remove(path: str) -> None:
         pass
 
 
-def _node_argv(plan: topology.Plan, cfg: RunConfig, config_path: str) -> list[str]:
+def _node_argv(plan: topology.Plan, cfg: RunConfig, config_path: str, role: topology.NodeRole | None) -> list[str]:
     if plan.mode == "salloc":
         env = os.environ
         head = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True,
                               text=True, check=True).stdout.split()[0]
         return topology.salloc_argv(plan, cfg, sys.executable, config_path, head, env["SLURM_JOB_ID"])
-    return topology.torchrun_argv(plan, cfg, sys.executable, config_path)
+    return topology.torchrun_argv(plan, cfg, sys.executable, config_path, role)
 
 
-def _rank_environment(plan: topology.Plan) -> dict:
+def _rank_environment(plan: topology.Plan, node: network.NodeNet | None = None, run_dir: str = "") -> dict:
     env = dict(os.environ)
+    env.update(topology.node_env(plan, node and node.role(), hangs.hang_dir(run_dir), os.environ))
     if plan.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # --gpus 0 means CPU even on a GPU machine
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(plan.procs_per_node, 1))))
@@ -149,8 +159,9 @@ def _headline(plan: topology.Plan, cfg: RunConfig) -> str:
             f"run dir {cfg.run_dir}")
 
 
-def describe(plan: topology.Plan, cfg: RunConfig, argv: list[str], launch_argv: list[str]) -> str:
+def describe(plan: topology.Plan, cfg: RunConfig, launch_argv: list[str]) -> str:
     """The dry run: the numbers that matter, then for every node the exact command it runs."""
+    config_path = os.path.join(cfg.run_dir, "config.toml")
     lines = [f"# world size {plan.world_size}: {plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
              f"process(es), strategy {cfg.strategy}",
              f"# global batch {plan.global_batch} ({cfg.batch_size} per process"
@@ -159,15 +170,31 @@ def describe(plan: topology.Plan, cfg: RunConfig, argv: list[str], launch_argv: 
              f"# run dir {cfg.run_dir}",
              *([f"# recipe {cfg.recipe}: {recipes.flags(cfg.recipe, cfg)}"] if cfg.recipe else []),
              *([f"# note: {note}"] if cfg.recipe and (note := recipes.batch_note(cfg.recipe, plan.global_batch)) else []),
-             f"# `{shlex.join(launch_argv)}` writes {os.path.join(cfg.run_dir, 'config.toml')}, then runs:"]
-    if plan.mode == "c10d":
-        lines.insert(3, f"# rendezvous c10d at {plan.rdzv_endpoint} (id {plan.rdzv_id}), hosted by the node "
-                        f"named {plan.rdzv_endpoint.rpartition(':')[0]}; every node runs the same command")
-        for node in range(plan.max_nodes):
-            lines += [f"# node {node}", shlex.join(argv)]
-    else:
-        lines.append(shlex.join(argv))
+             f"# `{shlex.join(launch_argv)}` writes {config_path}, then runs:"]
+    if plan.mode != "c10d":
+        return "\n".join(lines + [shlex.join(_node_argv(plan, cfg, config_path, None))])
+    host = plan.rdzv_endpoint.rpartition(":")[0]
+    lines.insert(3, f"# rendezvous c10d at {plan.rdzv_endpoint} (id {plan.rdzv_id}), hosted by the node "
+                    f"that carries {host}'s address; every node runs the same command")
+    addrs = network.resolve(host)
+    on_loopback = bool(addrs) and all(network.is_loopback(a) for a in addrs)  # every node on this machine
+    if not on_loopback:
+        lines.insert(4, f"# NODE_ADDR: each node's own address on the interface that routes to {host} (found at "
+                        "launch); its ranks get GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME naming that interface")
+    for node in range(plan.max_nodes):
+        role = None if on_loopback else topology.NodeRole(is_host=node == 0, local_addr="NODE_ADDR")
+        lines += [f"# node {node}" + (f" (carries {host}'s address)" if role and role.is_host else ""),
+                  shlex.join(_node_argv(plan, cfg, config_path, role))]
     return "\n".join(lines)
+
+
+# The variables a node's ranks get from distrain, recorded in launch.json and named in the summary.
+NODE_ENV_KEYS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_DUMP_ON_TIMEOUT")
+
+
+def _env_summary(env: dict) -> str:
+    return " ".join(f"{k}={env[k]}" for k in NODE_ENV_KEYS[:2] if k in env) + (
+        " (your own setting)" if any(k in os.environ for k in NODE_ENV_KEYS[:2]) else "")
 
 
 def train_in_place(cfg: RunConfig, typed: list[str], out, warn) -> int:
