@@ -7,7 +7,7 @@ import shlex
 import subprocess
 import sys
 
-from distrib import workers
+from distrib.data import workers
 from distrib.config import ConfigError, RunConfig, write_run_config
 from launch import preflight, topology
 from launch.run_local import run, write_launch_record

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from conftest import assert_ok, distrain, metrics
-from distrib import images
+from distrib.data import images
 from distrib.config import RunConfig
 from distrib.data import FolderDataset, build_loaders, sample_rng, to_device
-from distrib.device_decode import CollateEncoded, Encoded, EncodedDataset, decode_batch
+from distrib.data.device_decode import CollateEncoded, Encoded, EncodedDataset, decode_batch
 from distrib.env import DistEnv
 from imagefolder import class_image, corrupt_file, make_imagefolder
 
