@@ -69,7 +69,7 @@ def _missing(tmp):
 def _no_val(tmp):
     root = make_imagefolder(tmp / "d", classes=2, train_per_class=2, val_per_class=1)
     shutil.rmtree(root / "val")
-    return root, "has no val/ folder"
+    return root, "no val/; pass --val-split 0.1"
 
 
 def _empty_class(tmp):
@@ -107,7 +107,7 @@ def test_check_dataset_imports_no_torch(data):
 def test_file_list_is_imagefolders(data):
     ref = ImageFolder(str(data / "train"))
     ours = FolderDataset(str(data / "train"), ref.class_to_idx, 32, train=True)
-    assert [(ours.paths[i], int(ours.labels[i])) for i in range(len(ours))] == ref.samples
+    assert [(ours.read(i)[0], ours.label(i)) for i in range(len(ours))] == ref.samples
 
 
 # ---------------------------------------------------------------- crops

@@ -2,7 +2,7 @@
 
     fmt = format_of(cfg)                               # "folder" | "shards" | "synthetic", torch-free
     classes = FORMATS[fmt].check(cfg, build=True)      # the launcher: torch-free; ConfigError with the fix
-    train, val, classes = FORMATS[fmt].datasets(cfg, rank)   # a rank (torch)
+    train, val, classes = open_datasets(cfg, rank)        # a rank (torch)
 
 folder: an ImageFolder root, read through its memory-mapped index (index.py); shards: WebDataset tar
 shards from `distrain pack` (shards.py, pack.py); synthetic: random images. Loaders, samplers and batches
@@ -62,7 +62,7 @@ def check(cfg, build: bool = True) -> list[str]:
     return FORMATS[format_of(cfg)].check(cfg, build)
 
 
-def datasets(cfg, rank: int):
+def open_datasets(cfg, rank: int):
     module, _, name = FORMATS[format_of(cfg)].datasets.partition(":")
     return getattr(importlib.import_module(module), name)(cfg, rank)
 
@@ -71,7 +71,8 @@ _LAZY = {"distrib.data.loaders": ("Loaders", "TrainSampler", "ValSampler", "Coll
                                   "build_val_loader", "val_loader", "to_device"),
          "distrib.data.datasets": ("Batch", "Skipped", "ImageDataset", "SyntheticDataset", "sample_rng",
                                    "PREFETCH_FACTOR"),
-         "distrib.data.layout": ("check_dataset", "IMG_EXTENSIONS")}
+         "distrib.data.layout": ("check_dataset", "IMG_EXTENSIONS"),
+         "distrib.data.folder": ("FolderDataset",)}
 
 
 def __getattr__(name: str):  # PEP 562: the old `from distrib.data import X` names, imported on first use

@@ -190,7 +190,7 @@ def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool, device: torch.
 
     device: where --decode device decodes the training JPEGs (default: the rank's, from --device)."""
     seed = cfg.seed or 0
-    train, val, classes = formats.datasets(cfg, env.rank)
+    train, val, classes = formats.open_datasets(cfg, env.rank)
     train_sampler = TrainSampler(len(train), env.rank, env.world_size, cfg.batch_size, seed, cfg.steps_per_epoch)
     if train_sampler.batches_per_epoch == 0:
         raise ConfigError(
@@ -212,5 +212,5 @@ def val_loader(val: Dataset, cfg: RunConfig, env: DistEnv, pin_memory: bool) -> 
 
 def build_val_loader(cfg: RunConfig, env: DistEnv, pin_memory: bool) -> tuple[DataLoader, list[str]]:
     """The validation loader alone (eval): no training set is listed or sampled."""
-    _, val, classes = formats.datasets(cfg, env.rank)
+    _, val, classes = formats.open_datasets(cfg, env.rank)
     return val_loader(val, cfg, env, pin_memory), classes
