@@ -113,15 +113,16 @@ def verify_shard(root: str, split: str, number: int) -> list[str]:
     path = source.shards[number]
     first = int(source.starts[number])
     last = int(source.starts[number + 1]) if number + 1 < len(source.starts) else len(source.labels)
+    file_size = os.path.getsize(path)
+    recorded = read_manifest(root)["splits"][split]["shards"][number]["bytes"]
+    problems = [] if file_size == recorded else [f"{path}: {file_size} bytes, {recorded} when packed"]
     members = {}
     try:
         with tarfile.open(path) as tar:
             for m in tar:
                 members[m.name] = (m.offset_data, m.size)
     except (OSError, tarfile.TarError) as e:
-        return [f"{path}: not a readable tar ({e})"]
-    file_size = os.path.getsize(path)
-    problems = []
+        return problems + [f"{path}: not a readable tar ({e}); pack again"]
     for i in range(first, last):
         name = f"{member_key(i)}.{image_ext(source.original(i))}"
         want = (int(source.offset[i]), int(source.size[i]))
