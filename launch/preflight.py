@@ -34,9 +34,9 @@ class Check:
         return f"{self.detail}; {self.fix}" if self.fix else self.detail
 
 
-def check_data(cfg: RunConfig, build: bool = True) -> Check:
+def check_data(cfg: RunConfig, build: bool = True, name_hidden: bool = False) -> Check:
     """The data's layout; build=True (not a dry run) also builds or loads the folder's index, so the ranks
-    find it ready and list nothing."""
+    find it ready and list nothing. name_hidden (`distrain check`): list the splits for hidden folders."""
     fmt = formats.format_of(cfg)
     try:
         classes = formats.check(cfg, build)
@@ -45,7 +45,7 @@ def check_data(cfg: RunConfig, build: bool = True) -> Check:
     if fmt == "synthetic":
         return Check("data", True, "synthetic images")
     detail = f"{cfg.data} ({fmt}): {len(classes)} classes"
-    if fmt == "folder":
+    if fmt == "folder" and name_hidden:
         from distrib.data.layout import hidden_dirs
 
         hidden = [f"{split}/{name}" for split in ("train", "val") if os.path.isdir(os.path.join(cfg.data, split))
@@ -150,7 +150,7 @@ def cheap_checks(cfg: RunConfig, plan: topology.Plan | None, here: bool = True) 
 
 
 def full_checks(cfg: RunConfig, sample: int | None = None, out=None) -> list[Check]:
-    checks = [check_data(cfg)]
+    checks = [check_data(cfg, name_hidden=True)]
     if checks[0].ok and not cfg.synthetic:
         checks.append(check_images(cfg, sample, out))
     gpus_here = topology.visible_gpus()
