@@ -3,7 +3,7 @@
     python benchmarks/imagenet_tree.py --root /tmp/imagenet-tree                  # 1,000 x (1,281 + 50) files
     python benchmarks/imagenet_tree.py --root /tmp/t --classes 10 --train 100 --val 5 --baseline /work/main
 
-The tree is made of hard links to 16 small JPEGs (building 1.33 M links takes ~20 s, and no disk space),
+The tree is made of hard links to 64 small JPEGs (building 1.33 M links takes ~20 s, and no disk space),
 so only the file count is ImageNet's. For each process count it measures, with `distrain launch --gpus 0`:
 - start to first step: wall time from the command to the first "step 1/" line (page cache dropped first
   when the kernel allows it: "cold" in the output says whether it did);
@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+SOURCES = 64  # ext4 allows 65,000 links to one file: 1.33 M links need more than 20 sources
 RUN = ["--gpus", "0", "--arch", "resnet18", "--image-size", "32", "--batch-size", "32", "--workers", "2",
        "--epochs", "1", "--seed", "0", "--log-interval", "1"]
 
@@ -45,7 +46,7 @@ def build_tree(root: Path, classes: int, train: int, val: int) -> None:
     rng = np.random.default_rng(0)
     sources = root / ".sources"
     sources.mkdir(parents=True)
-    for n in range(16):
+    for n in range(SOURCES):
         low = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((160, 120), Image.BICUBIC)
         low.save(sources / f"{n}.jpg", quality=85)
     start = time.time()
@@ -54,7 +55,7 @@ def build_tree(root: Path, classes: int, train: int, val: int) -> None:
             folder = root / split / f"n{c:08d}"
             folder.mkdir(parents=True)
             for i in range(count):
-                os.link(sources / f"{(c + i) % 16}.jpg", folder / f"n{c:08d}_{i}.JPEG")
+                os.link(sources / f"{(c + i) % SOURCES}.jpg", folder / f"n{c:08d}_{i}.JPEG")
     marker.touch()
     print(f"tree: {classes} classes x ({train} + {val}) files in {time.time() - start:.0f} s", flush=True)
 

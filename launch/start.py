@@ -143,6 +143,7 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn) 
     cfg = RunConfig(data=cli["data"], arch=record.arch, image_size=pre.crop_size, val_crop_size=pre.crop_size,
                     val_resize_size=pre.resize_size, batch_size=cli.get("batch_size", 64), workers=workers,
                     gpus=gpus, procs=procs, resume="never", run_dir="eval",
+                    val_split=record.val_split, seed=record.seed,
                     device="cpu" if gpus == 0 else "cuda").validate()
     args = [str(checkpoint)] + (["--json"] if as_json else [])
     return use_model.run_tool("eval", cfg, args, nprocs, out)

@@ -32,6 +32,8 @@ class ModelRecord:
     arch: str
     classes: list[str]
     preprocessing: Preprocessing
+    val_split: float | None = None  # --val-split and --seed of training: eval scores the same held-out images
+    seed: int | None = None
 
 
 def read_checkpoint(path) -> ModelRecord:
@@ -45,7 +47,8 @@ def read_checkpoint(path) -> ModelRecord:
                           "names or preprocessing); give RUN_DIR/checkpoints/best.pt or last.pt, or fine-tune "
                           "from it with `distrain launch --weights`")
     pre = Preprocessing.of_checkpoint(ckpt) or Preprocessing.from_config(RunConfig(synthetic=True))
-    return ModelRecord(path, ckpt["arch"], list(ckpt["classes"]), pre)
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    return ModelRecord(path, ckpt["arch"], list(ckpt["classes"]), pre, config.get("val_split"), config.get("seed"))
 
 
 def settle_preprocessing(record: ModelRecord, cli: dict, warn) -> Preprocessing:
@@ -65,7 +68,7 @@ def settle_preprocessing(record: ModelRecord, cli: dict, warn) -> Preprocessing:
 
 def check_classes(record: ModelRecord, data: str) -> None:
     """The data's class folders must be the checkpoint's, in the same order, before anything starts."""
-    classes = formats.check(RunConfig(data=data))
+    classes = formats.check(RunConfig(data=data, val_split=record.val_split))
     if classes != record.classes:
         extra = sorted(set(classes) - set(record.classes))
         missing = sorted(set(record.classes) - set(classes))

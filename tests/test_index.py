@@ -3,6 +3,7 @@ listing by ranks when it exists; hidden folders; --val-split."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -139,3 +140,19 @@ def test_val_split_on_a_train_only_folder(data, tmp_path):
     assert counts == {(12, 6)}  # the same split on every rank
     with pytest.raises(ConfigError, match="between 0 and 1"):
         RunConfig(data=str(data), val_split=1.5).validate()
+
+
+def test_a_val_split_run_records_it_and_eval_scores_the_same_images(data, tmp_path):
+    shutil.rmtree(data / "val")
+    run = tmp_path / "run"
+    proc = distrain("train", "--data", data, "--val-split", "0.34", "--run-dir", run, "--epochs", "1",
+                    "--arch", "resnet18", "--image-size", "16", "--batch-size", "4", "--workers", "0", "--seed", "5")
+    assert proc.returncode == 0, proc.all
+    assert "val_split = 0.34" in (run / "config.toml").read_text()
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["val_samples"] == 6
+    proc = distrain("eval", "--checkpoint", run / "checkpoints" / "last.pt", "--data", data, "--gpus", "0",
+                    "--procs", "2", "--json")
+    assert proc.returncode == 0, proc.all
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["samples"] == 6 and result["acc1"] == pytest.approx(row["val_acc1"], rel=1e-6)
