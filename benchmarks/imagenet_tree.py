@@ -60,7 +60,12 @@ def build_tree(root: Path, classes: int, train: int, val: int) -> None:
     print(f"tree: {classes} classes x ({train} + {val}) files in {time.time() - start:.0f} s", flush=True)
 
 
+WARM = False  # --warm: leave the page cache as it is
+
+
 def drop_caches() -> bool:
+    if WARM:
+        return False
     try:
         os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -172,13 +177,13 @@ def loader_rates(root: Path, classes: int, work: Path) -> dict:
     packed = work / "bench-shards"
     subprocess.run([sys.executable, "-m", "launch", "pack", str(small), str(packed), "--shard-size", "64MB"],
                    cwd=REPO, env=env_for(REPO), check=True, capture_output=True)
-    rates = {}
-    for name, data in (("folder", small), ("shards", packed)):
+    rates: dict[str, list] = {"folder": [], "shards": []}
+    for name, data in [("folder", small), ("shards", packed), ("shards", packed), ("folder", small)] * 2:  # ABBA
         out = subprocess.run([sys.executable, "-m", "launch", "bench", "--loader-only", "--data", str(data),
                               "--workers", "2", "--batch-size", "32", "--steps", "30", "--json"], cwd=REPO,
                              env=env_for(REPO), capture_output=True, text=True)
-        rates[name] = json.loads(out.stdout.strip().splitlines()[-1]).get("images_per_sec") if out.returncode == 0 \
-            else out.stderr.strip()[-200:]
+        rates[name].append(json.loads(out.stdout.strip().splitlines()[-1]).get("images_per_sec")
+                           if out.returncode == 0 else out.stderr.strip()[-200:])
     return rates
 
 
@@ -191,8 +196,11 @@ def main() -> None:
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--baseline", type=Path, help="another checkout to measure the same way (before/after)")
     ap.add_argument("--bench-classes", type=int, default=10)
+    ap.add_argument("--warm", action="store_true", help="do not drop the page cache before each start")
     ap.add_argument("--skip", nargs="*", default=[], choices=["startup", "strace", "check", "loader"])
     args = ap.parse_args()
+    global WARM
+    WARM = args.warm
     build_tree(args.root, args.classes, args.train, args.val)
     work = Path(tempfile.mkdtemp(prefix="imagenet-tree-runs-"))
     results: dict = {"files": args.classes * (args.train + args.val), "cores": len(os.sched_getaffinity(0))}
