@@ -156,3 +156,14 @@ def test_a_val_split_run_records_it_and_eval_scores_the_same_images(data, tmp_pa
     assert proc.returncode == 0, proc.all
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["samples"] == 6 and result["acc1"] == pytest.approx(row["val_acc1"], rel=1e-6)
+
+
+def test_index_and_pack_commands(data, tmp_path):
+    proc = distrain("index", data)
+    assert proc.returncode == 0 and "3 classes, train 18, val 7 images" in proc.stdout, proc.all
+    assert distrain("index", data).returncode == 0 and len(index.builds(str(data))) == 1  # fresh: not rebuilt
+    assert distrain("index", data, "--rebuild").returncode == 0 and len(index.builds(str(data))) == 2
+    for args in (("index", tmp_path / "missing"), ("pack", tmp_path / "missing", tmp_path / "out"),
+                 ("pack", data, tmp_path / "out", "--shard-size", "lots")):
+        proc = distrain(*args)
+        assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.all, proc.all
