@@ -10,7 +10,7 @@ The run's config.toml is always the last argument; failures are recorded in its 
 import os
 import sys
 
-from distrib import workers
+from distrib.data import workers
 from distrib.config import ConfigError, read_run_config
 from distrib.failure import reported_failures
 

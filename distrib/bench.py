@@ -26,7 +26,7 @@ import time
 
 from distrib.config import ConfigError, RunConfig
 from distrib.env import DistEnv
-from distrib.layout import check_dataset
+from distrib import data as formats
 
 # torch is imported inside the functions that measure: bad input fails at once, before ~5 s of imports.
 
@@ -41,7 +41,7 @@ def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_s
     # --synthetic asks for the model step alone (even with --data); --loader-only for the files alone.
     mode = "loader" if loader_only else "synthetic" if synthetic else "both"
     if mode != "synthetic":
-        check_dataset(data)
+        formats.check(RunConfig(data=data))
     import torch
 
     from distrib.train import resolve_precision

@@ -64,6 +64,8 @@ class RunConfig:
     # --- training ---
     data: str | None = opt(None, TRAINING, "ImageFolder root holding train/ and val/.")
     synthetic: bool = opt(False, TRAINING, "Random images instead of --data (smoke tests, benchmarks).")
+    val_split: float | None = opt(None, TRAINING, "For data with train/ only: hold out this fraction of each "
+                                  "class of train/ for validation (0 < F < 1; drawn by --seed, the same every run).")
     arch: str = opt("resnet50", TRAINING, "Any torchvision classification model name.")
     pretrained: bool = opt(False, TRAINING, "Start from torchvision's default weights.")
     weights: str | None = opt(None, TRAINING, "Start from a local weights file: a state_dict (bare, or under "
@@ -159,6 +161,8 @@ class RunConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
         self._validate_recipe_options()
+        if self.val_split is not None and not 0 < self.val_split < 1:
+            raise ConfigError(f"--val-split {self.val_split} must be between 0 and 1; e.g. --val-split 0.1")
         if self.strategy == "dp" and hi > 1:
             raise ConfigError("--strategy dp runs one process on one node; use --strategy ddp with --nodes > 1")
         if self.strategy == "dp" and self.procs > 1:

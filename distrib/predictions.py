@@ -15,7 +15,7 @@ import sys
 import time
 
 from distrib.config import ConfigError
-from distrib.layout import is_image_file
+from distrib.data.layout import is_image_file
 
 
 # ---------------------------------------------------------------- inputs
@@ -57,7 +57,7 @@ def _walk(folder: str) -> list[str]:
 
 
 def _exts() -> list[str]:
-    from distrib.layout import IMG_EXTENSIONS
+    from distrib.data.layout import IMG_EXTENSIONS
 
     return list(IMG_EXTENSIONS)
 

@@ -189,7 +189,9 @@ def tensorboard(runs_dir: Path = typer.Argument(Path("runs"), help="Folder holdi
 
 @app.command()
 @run_options(TOPOLOGY, SLURM, TRAINING, RUNTIME, skip=("device",))
-def check(cli: dict, config: Optional[Path] = CONFIG_OPTION):
+def check(cli: dict, config: Optional[Path] = CONFIG_OPTION,
+          sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Read N random images' headers "
+                                               "instead of all (a quick look at a large dataset).")):
     """Pre-flight checks with nothing trained: data, GPUs, backend, rendezvous, run dir, disk."""
     from launch import preflight
 
@@ -197,7 +199,7 @@ def check(cli: dict, config: Optional[Path] = CONFIG_OPTION):
         cfg = build_config(cli, config)
     except ConfigError as e:
         raise fail(str(e)) from None
-    raise typer.Exit(preflight.report(cfg, out=out))
+    raise typer.Exit(preflight.report(cfg, out=out, sample=sample))
 
 
 BENCH_OPTIONS = ("data", "synthetic", "arch", "image_size", "batch_size", "workers", "device")
@@ -226,6 +228,37 @@ def bench(cli: dict,
         out.print(json.dumps(result), soft_wrap=True, markup=False, highlight=False)  # paths may hold [brackets]
     else:
         out.print(b.describe(result), soft_wrap=True, markup=False, highlight=False)
+
+
+# --- data preparation: `distrain pack`, `distrain index` (distrib/data/pack.py, distrib/data/index.py)
+
+@app.command()
+def pack(data: Path = typer.Argument(..., help="ImageFolder root (train/ and val/, or train/ alone)."),
+         output: Path = typer.Argument(..., help="Folder for the shards (created; an interrupted pack resumes)."),
+         shard_size: str = typer.Option("1GB", "--shard-size", help="Image bytes per shard, e.g. 1GB or 256MB."),
+         procs: int = typer.Option(1, "--procs", min=1, help="Processes writing shards.")):
+    """Pack an ImageFolder into WebDataset tar shards with an offsets index; `--data OUTPUT` then trains on it."""
+    from launch import data_tools
+
+    try:
+        raise typer.Exit(data_tools.pack(str(data), str(output), shard_size, procs, out=out))
+    except ConfigError as e:
+        raise fail(str(e)) from None
+
+
+@app.command(name="index")
+def index_command(data: Path = typer.Argument(..., help="ImageFolder root."),
+                  val_split: Optional[float] = typer.Option(None, "--val-split", help="As for training: for "
+                                                            "data with train/ only."),
+                  rebuild: bool = typer.Option(False, "--rebuild", help="Build it even if it looks current.")):
+    """Build the sample index of DATA ahead of a run (e.g. once on a login node, or as an sbatch --setup line)."""
+    from launch import data_tools
+
+    try:
+        raise typer.Exit(data_tools.index(str(data), val_split, rebuild, out=out))
+    except ConfigError as e:
+        raise fail(str(e)) from None
+# --- end data preparation
 
 
 @app.command()

@@ -10,10 +10,13 @@ import os
 import shutil
 import socket
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from distrib.config import ConfigError, RunConfig
-from distrib.layout import check_dataset, count_images, scan_images
+from distrib import data as formats
+from distrib.data.layout import count_images
 from launch import network, topology
 
 MIN_FREE_BYTES = 2 * 1024**3  # room for last.pt + best.pt of a large model, with headroom
@@ -32,21 +35,32 @@ class Check:
         return f"{self.detail}; {self.fix}" if self.fix else self.detail
 
 
-def check_data(cfg: RunConfig) -> Check:
-    if cfg.synthetic:
-        return Check("data", True, "synthetic images")
+def check_data(cfg: RunConfig, build: bool = True, name_hidden: bool = False) -> Check:
+    """The data's layout; build=True (not a dry run) also builds or loads the folder's index, so the ranks
+    find it ready and list nothing. name_hidden (`distrain check`): list the splits for hidden folders."""
+    fmt = formats.format_of(cfg)
     try:
-        classes = check_dataset(cfg.data)
+        classes = formats.check(cfg, build)
     except ConfigError as e:
         return Check("data", False, str(e))
-    return Check("data", True, f"{cfg.data}: {len(classes)} classes in train/ and val/")
+    if fmt == "synthetic":
+        return Check("data", True, "synthetic images")
+    detail = f"{cfg.data} ({fmt}): {len(classes)} classes"
+    if fmt == "folder" and name_hidden:
+        from distrib.data.layout import hidden_dirs
+
+        hidden = [f"{split}/{name}" for split in ("train", "val") if os.path.isdir(os.path.join(cfg.data, split))
+                  for name in hidden_dirs(os.path.join(cfg.data, split))]
+        if hidden:
+            detail += f"; ignored hidden folders (not classes): {', '.join(hidden)}"
+    return Check("data", True, detail)
 
 
 def check_batch_fits(cfg: RunConfig, plan: topology.Plan) -> Check | None:
     """Every process needs one whole batch of training images per epoch; counting stops once there are
     enough, so a large dataset costs a few directory reads, not a full listing."""
-    if cfg.synthetic or not cfg.data:
-        return None
+    if cfg.synthetic or not cfg.data or formats.format_of(cfg) != "folder":
+        return None  # shards: the rank checks it against the index; synthetic data always fills a batch
     need = cfg.batch_size * plan.min_nodes * plan.procs_per_node
     have = count_images(os.path.join(cfg.data, "train"), stop_at=need)
     if have >= need:
@@ -75,7 +89,7 @@ def check_resume(cfg: RunConfig) -> Check | None:
 
     try:
         ckpt = checkpoint.load(path)
-        classes = ckpt.get("classes") if cfg.synthetic else check_dataset(cfg.data)
+        classes = formats.check(cfg)
         checkpoint.check_fits(ckpt, path, cfg.arch, classes, fix="or another --run-dir, or --overwrite to "
                               "start afresh there" if cfg.resume == "auto" else "or --resume never to start afresh")
     except ConfigError as e:
@@ -195,7 +209,7 @@ def check_hostname(plan: topology.Plan | None) -> Check | None:
 
 def cheap_checks(cfg: RunConfig, plan: topology.Plan | None, here: bool = True) -> list[Check]:
     """Failed checks only. `here=False` (dry run, another machine): skip what writes to this machine."""
-    checks = [check_data(cfg), check_start_weights(cfg, here)]
+    checks = [check_data(cfg, build=here), check_start_weights(cfg, here)]
     if here:
         checks += [check_run_dir(cfg), check_disk(cfg)]
         if checks[0].ok:
@@ -207,10 +221,10 @@ def cheap_checks(cfg: RunConfig, plan: topology.Plan | None, here: bool = True) 
     return [c for c in checks if c is not None and not c.ok]
 
 
-def full_checks(cfg: RunConfig) -> list[Check]:
-    checks = [check_data(cfg)]
+def full_checks(cfg: RunConfig, sample: int | None = None, out=None) -> list[Check]:
+    checks = [check_data(cfg, name_hidden=True)]
     if checks[0].ok and not cfg.synthetic:
-        checks.append(check_images(cfg.data))
+        checks.append(check_images(cfg, sample, out))
     gpus_here = topology.visible_gpus()
     try:
         plan = topology.make_plan(cfg, gpus_here)
@@ -227,13 +241,42 @@ def full_checks(cfg: RunConfig) -> list[Check]:
     return [c for c in checks if c is not None]
 
 
-def check_images(root: str) -> Check:
-    total, bad = scan_images(root)
-    if not bad:
-        return Check("images", True, f"{total} image headers read, none unreadable")
-    shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
-    return Check("images", False, f"{len(bad)} of {total} files unreadable ({shown})",
-                 "training skips and counts them; remove or replace them for a clean run", warning=True)
+def check_images(cfg: RunConfig, sample: int | None = None, out=None) -> Check:
+    from distrib.data import scan
+
+    procs = scan.usable_cores()
+    with _progress(out, f"reading headers ({procs} processes)") as progress:
+        result = scan.scan(cfg, procs, sample, progress)
+    what = f"{result.checked} {result.what} read" + (f" (a random {sample})" if sample else "")
+    if not result.bad:
+        return Check("images", True, f"{what}, none unreadable")
+    shown = ", ".join(result.bad[:3]) + (" ..." if len(result.bad) > 3 else "")
+    return Check("images", False, f"{len(result.bad)} problems in {what} ({shown})",
+                 "training skips and counts unreadable images; remove or replace them (or pack again) for a "
+                 "clean run", warning=True)
+
+
+@contextmanager
+def _progress(out, label: str):
+    """progress(done, total) for a long scan: a live bar with ETA on a terminal, else a line every 10 s."""
+    if out is not None and out.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=out, transient=True) as bar:
+            task = bar.add_task(label, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        return
+    start, last = time.monotonic(), [0.0]
+
+    def line(done: int, total: int) -> None:
+        now = time.monotonic() - start
+        if out is None or (now - last[0] < 10 and 0 < done < total):
+            return
+        last[0] = now
+        eta = f", ETA {(total - done) * now / done:.0f} s" if 0 < done < total else ""
+        out.print(f"{label}: {done}/{total} ({100 * done / max(total, 1):.0f}%), {now:.0f} s{eta}", markup=False)
+    yield line
 
 
 def check_backend(plan: topology.Plan | None) -> Check:
@@ -245,7 +288,7 @@ def check_backend(plan: topology.Plan | None) -> Check:
                  "" if ok else "install a torch build with it, or use --gpus 0 (gloo)")
 
 
-def report(cfg: RunConfig, out) -> int:
+def report(cfg: RunConfig, out, sample: int | None = None) -> int:
     from rich.table import Table
 
     try:
@@ -256,7 +299,7 @@ def report(cfg: RunConfig, out) -> int:
     table = Table(title="distrain check", show_lines=False)
     for col in ("check", "result", "detail", "fix"):
         table.add_column(col, overflow="fold")
-    checks = full_checks(cfg)
+    checks = full_checks(cfg, sample, out)
     for c in checks:
         mark = "[green]pass[/]" if c.ok else ("[yellow]warn[/]" if c.warning else "[red]FAIL[/]")
         table.add_row(c.name, mark, c.detail, c.fix)

@@ -9,7 +9,7 @@ import sys
 
 import time
 
-from distrib import workers
+from distrib.data import workers
 from distrib.config import ConfigError, RunConfig, write_run_config
 from distrib import hangs
 from distrib.failure import clear as clear_failures
@@ -254,6 +254,7 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
                     val_resize_size=pre.resize_size, batch_size=cli.get("batch_size", trained.get("batch_size", 64)),
                     workers=workers, gpus=gpus, procs=procs, resume="never", run_dir="eval",
                     amp=trained.get("amp", "off") if gpus else "off", channels_last=bool(trained.get("channels_last")),
+                    val_split=trained.get("val_split"), seed=trained.get("seed"),
                     device="cpu" if gpus == 0 else "cuda").validate()
     args = [str(checkpoint)] + (["--json"] if as_json else []) + ([] if ema else ["--no-ema"])
     return use_model.run_tool("eval", cfg, args, nprocs, out)

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 
 from distrib.config import ConfigError, RunConfig, write_run_config
-from distrib.layout import check_dataset
+from distrib import data as formats
 from distrib.paths import RunPaths
 from distrib.preprocess import Preprocessing
 from launch import topology
@@ -67,7 +67,7 @@ def settle_preprocessing(record: ModelRecord, cli: dict, warn) -> Preprocessing:
 
 def check_classes(record: ModelRecord, data: str) -> None:
     """The data's class folders must be the checkpoint's, in the same order, before anything starts."""
-    classes = check_dataset(data)
+    classes = formats.check(RunConfig(data=data, val_split=record.config.get("val_split")))
     if classes != record.classes:
         extra = sorted(set(classes) - set(record.classes))
         missing = sorted(set(record.classes) - set(classes))

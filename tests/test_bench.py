@@ -82,6 +82,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
 
 def test_data_that_is_not_an_imagefolder_is_bad_input(tmp_path):
     (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
     with pytest.raises(ConfigError, match="has no class folders"):
         run(data=str(tmp_path), synthetic=False, loader_only=True, arch="resnet18", image_size=32, batch_size=8,
             workers=0, device="cpu", steps=1)

@@ -20,7 +20,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import functional as TF
 
-from distrib import images
+from distrib.data import images
 from distrib.config import ConfigError, RunConfig
 from distrib.data import (Batch, Collate, FolderDataset, Skipped, SyntheticDataset, TrainSampler, ValSampler,
                           build_loaders, check_dataset, to_device)
@@ -69,7 +69,7 @@ def _missing(tmp):
 def _no_val(tmp):
     root = make_imagefolder(tmp / "d", classes=2, train_per_class=2, val_per_class=1)
     shutil.rmtree(root / "val")
-    return root, "has no val/ folder"
+    return root, "no val/; pass --val-split 0.1"
 
 
 def _empty_class(tmp):
@@ -98,7 +98,7 @@ def test_check_dataset_errors_are_one_line_with_the_fix(tmp_path, case):
 
 
 def test_check_dataset_imports_no_torch(data):
-    code = ("import sys; from distrib.layout import check_dataset; "
+    code = ("import sys; from distrib.data.layout import check_dataset; "
             f"assert check_dataset({str(data)!r}) == ['class0', 'class1', 'class2', 'class3']; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
@@ -107,7 +107,7 @@ def test_check_dataset_imports_no_torch(data):
 def test_file_list_is_imagefolders(data):
     ref = ImageFolder(str(data / "train"))
     ours = FolderDataset(str(data / "train"), ref.class_to_idx, 32, train=True)
-    assert [(ours.paths[i], int(ours.labels[i])) for i in range(len(ours))] == ref.samples
+    assert [(ours.read(i)[0], ours.label(i)) for i in range(len(ours))] == ref.samples
 
 
 # ---------------------------------------------------------------- crops

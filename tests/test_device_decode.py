@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from conftest import assert_ok, distrain, metrics
-from distrib import images
+from distrib.data import images
 from distrib.config import RunConfig
 from distrib.data import FolderDataset, build_loaders, sample_rng, to_device
-from distrib.device_decode import CollateEncoded, Encoded, EncodedDataset, decode_batch
+from distrib.data.device_decode import CollateEncoded, Encoded, EncodedDataset, decode_batch
 from distrib.env import DistEnv
 from imagefolder import class_image, corrupt_file, make_imagefolder
 
@@ -55,7 +55,7 @@ def test_crop_boxes_are_the_worker_paths(big, monkeypatch):
     for index in range(0, len(folder), 3):
         item = encoded[(index, 7)]
         folder[(index, 7)]
-        assert isinstance(item, Encoded) and item.box == drawn[-1] and item.label == folder.labels[index]
+        assert isinstance(item, Encoded) and item.box == drawn[-1] and item.label == folder.label(index)
         rng = sample_rng(5, 7, 1, index)
         real(160, 160, rng)
         assert item.flip == (rng.random() < 0.5)
@@ -66,7 +66,7 @@ def test_corrupt_jpegs_are_skipped_and_named(tmp_path):
     truncated = corrupt_file(root / "train" / "class1" / "0002.jpg", "truncated")  # only a full decode sees it
     garbage = corrupt_file(root / "train" / "class2" / "0000.jpg", "garbage")     # the header parse sees it
     folder = FolderDataset(str(root / "train"), {f"class{i}": i for i in range(4)}, 32, True)
-    index = [folder.paths[i] for i in range(len(folder))].index(str(truncated))
+    index = [folder.read(i)[0] for i in range(len(folder))].index(str(truncated))
     assert isinstance(EncodedDataset(folder)[(index, 0)], Encoded)  # so it is the device decode that must catch it
     batches = epoch(root, "device")
     skipped = [s for b in batches for s in b.skipped]

@@ -191,7 +191,7 @@ def test_torchrun_line_quotes_every_value(tmp_path):
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing", "does not exist"),
-    (lambda d: (d / "noval" / "train" / "a").mkdir(parents=True) or d / "noval", "has no val/ folder"),
+    (lambda d: (d / "noval" / "train" / "a").mkdir(parents=True) or d / "noval", "no val/; pass --val-split 0.1"),
 ])
 def test_bad_input_data_is_refused_before_anything_starts(tmp_path, make, message):
     data = make(tmp_path)

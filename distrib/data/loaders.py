@@ -1,4 +1,4 @@
-"""Datasets, samplers and loaders: what feeds one rank of the run.
+"""Samplers, batches and loaders: what feeds one rank of the run.
 
     loaders = build_loaders(cfg, env, pin_memory=device.type == "cuda")
     for epoch in range(start_epoch, cfg.epochs):
@@ -6,7 +6,7 @@
         for batch in loaders.train:                             # Batch(images uint8 NCHW, labels, skipped)
             images, labels = to_device(batch, device, cfg.channels_last)
 
-Contracts that the rest of distrain relies on:
+Contracts that the rest of distrain relies on, whatever the data format (distrib/data/__init__.py):
 - Training order is DistributedSampler's (shuffled by seed + epoch, disjoint shards, same count on every
   rank), truncated to whole batches and capped at --steps-per-epoch, so len(loaders.train) is exact.
 - The augmentation of sample i depends only on (seed, epoch, rank, i), never on which worker ran it,
@@ -14,45 +14,32 @@ Contracts that the rest of distrain relies on:
   sampler, which yields (index, epoch) pairs.
 - Validation is sharded without padding: the union over ranks is exactly the val set, each image once.
 - A file that cannot be decoded is dropped from its batch and named in Batch.skipped ("PATH: reason").
-Decoding and augmentation themselves live in distrib/images.py.
+Datasets are in distrib/data/datasets.py, decoding and augmentation in distrib/data/images.py.
 """
 
 from __future__ import annotations
 
-import os
-import random
+import importlib
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
-from torchvision.datasets.folder import find_classes, make_dataset
 
+from distrib import data as formats
 from distrib.config import ConfigError, RunConfig
+from distrib.data.datasets import PREFETCH_FACTOR, Batch, Skipped
+from distrib.data.workers import loader_options
 from distrib.env import DistEnv
-from distrib.images import load_train, load_val, skip_reason
-from distrib.layout import IMG_EXTENSIONS, check_dataset
-from distrib.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from distrib.recipe.augment import Augment
-from distrib.workers import loader_options
+from distrib.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["Batch", "Loaders", "TrainSampler", "ValSampler", "build_loaders", "to_device", "check_dataset"]
+__all__ = ["Batch", "Loaders", "TrainSampler", "ValSampler", "build_loaders", "to_device"]
 
-SYNTHETIC_CLASSES = [f"class{i}" for i in range(10)]
-SYNTHETIC_TRAIN, SYNTHETIC_VAL = 2560, 512
-PREFETCH_FACTOR = 4  # batches in flight per worker: rides out slow files and filesystem hiccups
-
-
-class Batch(NamedTuple):
-    images: torch.Tensor  # uint8, N x 3 x H x W
-    labels: torch.Tensor  # int64, N
-    skipped: list[str]    # "PATH: reason" for each unreadable file dropped from this batch
-
-
-class Skipped(NamedTuple):
-    """What a dataset returns instead of (image, label) for a file it could not decode."""
-    reason: str
+# How the training batches are decoded (--decode): "module:function" (dataset, sampler, cfg, device, pin_memory)
+# -> loader. Worker decode is this module's; device decode imports this package's datasets, never this module.
+DECODERS = {"workers": "distrib.data.loaders:worker_loader",
+            "device": "distrib.data.device_decode:device_loader"}
 
 
 @dataclass
@@ -63,76 +50,6 @@ class Loaders:
     classes: list[str]
     num_train: int
     num_val: int
-
-
-def sample_rng(seed: int, epoch: int, rank: int, index: int) -> random.Random:
-    # A fresh generator per sample, keyed by a stable mix (no hash(): it is only stable for ints
-    # by accident), so worker count and worker start order cannot change the augmentation.
-    return random.Random(f"{seed}/{epoch}/{rank}/{index}")
-
-
-# ---------------------------------------------------------------- datasets
-
-class _Paths:
-    """Paths as one bytes blob plus offsets: a list of 1M str objects would be copied page by page
-    into every forked worker as their refcounts are touched (pytorch/pytorch#13246)."""
-
-    def __init__(self, paths: list[str]):
-        encoded = [os.fsencode(p) for p in paths]
-        self.blob = b"".join(encoded)
-        self.ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.ends)
-
-    def __getitem__(self, i: int) -> str:
-        start = int(self.ends[i - 1]) if i > 0 else 0
-        return os.fsdecode(self.blob[start:int(self.ends[i])])
-
-
-class FolderDataset(Dataset):
-    """One split of an ImageFolder root; item = (3 x H x W uint8 tensor, label) or Skipped."""
-
-    def __init__(self, split_dir: str, class_to_idx: dict[str, int], image_size: int, train: bool,
-                 seed: int = 0, rank: int = 0, val_resize: int | None = None, augment=None):
-        samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS)
-        self.paths = _Paths([p for p, _ in samples])
-        self.labels = np.array([c for _, c in samples], dtype=np.int64)
-        self.image_size, self.train, self.seed, self.rank = image_size, train, seed, rank
-        self.val_resize = val_resize  # shorter side before the centre crop (validation only)
-        self.augment = augment  # recipe.augment.Augment or None (training only)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, key: int | tuple[int, int]):
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        path = self.paths[index]
-        try:
-            if self.train:
-                image = load_train(path, self.image_size, sample_rng(self.seed, epoch, self.rank, index),
-                                   self.augment)
-            else:
-                image = load_val(path, self.image_size, self.val_resize)
-        except Exception as e:  # PIL raises many types for broken files; one bad file must not end a run
-            return Skipped(f"{path}: {skip_reason(path, e)}")
-        return image, int(self.labels[index])
-
-
-class SyntheticDataset(Dataset):
-    """Random uint8 images made from (seed, split, index) alone: no disk, same item format."""
-
-    def __init__(self, length: int, image_size: int, split: int, seed: int = 0):
-        self.length, self.image_size, self.split, self.seed = length, image_size, split, seed
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, key: int | tuple[int, int]):
-        index = key[0] if isinstance(key, tuple) else key
-        rng = np.random.default_rng([self.seed, self.split, index])
-        image = rng.integers(0, 256, (3, self.image_size, self.image_size), dtype=np.uint8)
-        return torch.from_numpy(image), index % len(SYNTHETIC_CLASSES)
 
 
 # ---------------------------------------------------------------- samplers
@@ -255,21 +172,6 @@ def to_device(batch: Batch, device: torch.device, channels_last: bool) -> tuple[
 
 # ---------------------------------------------------------------- loaders
 
-def _datasets(cfg: RunConfig, seed: int, rank: int) -> tuple[Dataset, Dataset, list[str]]:
-    if cfg.synthetic:
-        return (SyntheticDataset(SYNTHETIC_TRAIN, cfg.image_size, split=0, seed=seed),
-                SyntheticDataset(SYNTHETIC_VAL, Preprocessing.from_config(cfg).crop_size, split=1, seed=seed),
-                list(SYNTHETIC_CLASSES))
-    classes = check_dataset(cfg.data)
-    _, class_to_idx = find_classes(os.path.join(cfg.data, "train"))
-    pre = Preprocessing.from_config(cfg)
-    train = FolderDataset(os.path.join(cfg.data, "train"), class_to_idx, cfg.image_size, True, seed, rank,
-                          augment=Augment.from_config(cfg))
-    val = FolderDataset(os.path.join(cfg.data, "val"), class_to_idx, pre.crop_size, False, seed, rank,
-                        val_resize=pre.resize_size)
-    return train, val, classes
-
-
 def _loader(dataset: Dataset, sampler: Sampler, cfg: RunConfig, pin_memory: bool, drop_last: bool) -> DataLoader:
     workers = cfg.workers
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
@@ -278,12 +180,17 @@ def _loader(dataset: Dataset, sampler: Sampler, cfg: RunConfig, pin_memory: bool
                       **loader_options(workers))
 
 
+def worker_loader(dataset: Dataset, sampler: Sampler, cfg: RunConfig, device, pin_memory: bool) -> DataLoader:
+    """--decode workers: the loader workers decode and augment; the training process gets uint8 batches."""
+    return _loader(dataset, sampler, cfg, pin_memory, drop_last=True)
+
+
 def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool, device: torch.device | None = None) -> Loaders:
     """This rank's train and val loaders; ConfigError if the data cannot fill one batch per rank.
 
     device: where --decode device decodes the training JPEGs (default: the rank's, from --device)."""
     seed = cfg.seed or 0
-    train, val, classes = _datasets(cfg, seed, env.rank)
+    train, val, classes = formats.open_datasets(cfg, env.rank)
     max_batches = cfg.steps_per_epoch * cfg.accum_steps if cfg.steps_per_epoch else None  # optimizer steps x K
     train_sampler = TrainSampler(len(train), env.rank, env.world_size, cfg.batch_size, seed, max_batches)
     if cfg.ra_reps > 1:  # --ra-reps: distrib/recipe/ra_sampler.py
@@ -293,15 +200,11 @@ def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool, device: torch.
         raise ConfigError(
             f"{len(train)} training images cannot fill one batch of {cfg.batch_size} on each of "
             f"{env.world_size} processes; lower --batch-size or use fewer processes")
-    # --- --decode device (distrib/device_decode.py): workers read bytes, the device decodes; val stays on workers
-    if cfg.decode == "device" and isinstance(train, FolderDataset):
-        from distrib.device_decode import device_loader
+    module, _, name = DECODERS["workers" if cfg.synthetic else cfg.decode].partition(":")
+    if cfg.decode == "device" and device is None:
         from distrib.process_group import pick_device
-        device = device if device is not None else pick_device(env, cfg.device)
-        train_loader = device_loader(train, train_sampler, cfg, device, pin_memory)
-    else:
-        train_loader = _loader(train, train_sampler, cfg, pin_memory, drop_last=True)
-    # --- end --decode device
+        device = pick_device(env, cfg.device)
+    train_loader = getattr(importlib.import_module(module), name)(train, train_sampler, cfg, device, pin_memory)
     return Loaders(train=train_loader, val=val_loader(val, cfg, env, pin_memory), train_sampler=train_sampler,
                    classes=classes, num_train=len(train), num_val=len(val))
 
@@ -313,5 +216,5 @@ def val_loader(val: Dataset, cfg: RunConfig, env: DistEnv, pin_memory: bool) -> 
 
 def build_val_loader(cfg: RunConfig, env: DistEnv, pin_memory: bool) -> tuple[DataLoader, list[str]]:
     """The validation loader alone (eval): no training set is listed or sampled."""
-    _, val, classes = _datasets(cfg, cfg.seed or 0, env.rank)
+    _, val, classes = formats.open_datasets(cfg, env.rank)
     return val_loader(val, cfg, env, pin_memory), classes

@@ -1,6 +1,6 @@
 """Image files: which files are images, and how one becomes a uint8 crop, fast and safely.
 
-distrib/data.py builds its datasets on `load_train` and `load_val`:
+distrib/data/datasets.py builds its datasets on `load_train` and `load_val`:
 
     img = load_train(path, 224, random.Random(key))   # 3 x 224 x 224 uint8 tensor: RandomResizedCrop + flip
     img = load_val(path, 224)                         # resize shorter side to 256, centre crop 224
@@ -116,14 +116,18 @@ def _header_size(data: bytearray) -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def open_image(path: str) -> Iterator[Source]:
+def open_image(path: str | bytes) -> Iterator[Source]:
     """Read the file (one read: PIL's parser makes dozens of small ones) and parse its header.
+    `path` may also be the file's bytes already (a member of a tar shard, distrib/data/shards.py).
 
     Decompression bombs (over PIL's MAX_IMAGE_PIXELS) raise BadImage; PIL's per-file warnings
     (palette transparency, odd EXIF, ...) are muted, or they would flood every worker's log.
     """
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
+    if isinstance(path, (bytes, bytearray)):
+        data = bytearray(path)
+    else:
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -230,12 +234,12 @@ def load_val(path: str, size: int, resize: int | None = None):
     return _resize(pixels, new_h, new_w)[:, top:top + size, left:left + size]
 
 
-def skip_reason(path: str, exc: BaseException) -> str:
-    """One line for a file that was skipped: what is wrong with it, without a traceback."""
+def skip_reason(path: str | bytes, exc: BaseException) -> str:
+    """One line for a file (or a shard member's bytes) that was skipped: what is wrong, without a traceback."""
     if isinstance(exc, BadImage):
         return str(exc)
     try:
-        if os.path.getsize(path) == 0:
+        if (len(path) if isinstance(path, (bytes, bytearray)) else os.path.getsize(path)) == 0:
             return "empty file (0 bytes)"
     except OSError as e:
         return f"cannot read file ({e.strerror})"

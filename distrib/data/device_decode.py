@@ -17,7 +17,7 @@ use libjpeg-turbo). So on CPU it is no gain: the work is the same, only moved on
 cannot scale. nvJPEG on a GPU is the point, and it is not measured here (no GPU); `distrain bench` has no
 --decode yet, but bench.measure_loader(RunConfig(..., decode="device"), cuda, steps) measures it.
 
-What stays the same as the worker path (distrib/images.py): the crop box and the flip of sample i are
+What stays the same as the worker path (distrib/data/images.py): the crop box and the flip of sample i are
 drawn from sample_rng(seed, epoch, rank, i) in the same order, from the header's size, so the crop
 distribution is unchanged. Pixels differ slightly (full-size decode then antialiased resize, where the
 workers may decode at 1/2..1/8 scale; nvJPEG's IDCT is not libjpeg's): 0.3-0.5 grey levels on average
@@ -40,10 +40,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from distrib.config import RunConfig
-from distrib.data import PREFETCH_FACTOR, Batch, FolderDataset, Skipped, TrainSampler, sample_rng
 from distrib.recipe import augment
-from distrib.images import Box, exif_orientation, load_train, open_image, rrc_box, skip_reason
-from distrib.workers import loader_options
+from distrib.data.datasets import PREFETCH_FACTOR, Batch, ImageDataset, Skipped, sample_rng
+from distrib.data.images import Box, exif_orientation, load_train, open_image, rrc_box, skip_reason
+from distrib.data.workers import loader_options
 
 
 class Encoded(NamedTuple):
@@ -75,20 +75,21 @@ def device_decodable(img) -> bool:
 
 
 class EncodedDataset(Dataset):
-    """FolderDataset's training split, item = Encoded, (pixels, label) for files the device cannot take, or Skipped."""
+    """An ImageDataset's training split (any format), item = Encoded, (pixels, label) for files the device
+    cannot take, or Skipped."""
 
-    def __init__(self, folder: FolderDataset):
-        self.folder = folder
+    def __init__(self, images: ImageDataset):
+        self.images = images
 
     def __len__(self) -> int:
-        return len(self.folder)
+        return len(self.images)
 
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
-        f = self.folder
-        path, label = f.paths[index], int(f.labels[index])
+        f = self.images
+        (path, data), label = f.read(index), f.label(index)  # data: the file's path, or its bytes (shards)
         try:
-            with open_image(path) as src:  # header only: the size to draw the box from
+            with open_image(data) as src:  # header only: the size to draw the box from
                 if device_decodable(src.img):
                     rng = sample_rng(f.seed, epoch, f.rank, index)
                     box = rrc_box(*src.img.size, rng)  # same draws, same order as images.load_train
@@ -96,9 +97,9 @@ class EncodedDataset(Dataset):
                     aug = f.augment.draw(rng, f.image_size) if f.augment else None
                     return Encoded(torch.frombuffer(src.data, dtype=torch.uint8), box, flip, label, path, aug)
             # The worker path, unchanged (a fresh rng: the same draws again).
-            return load_train(path, f.image_size, sample_rng(f.seed, epoch, f.rank, index), f.augment), label
-        except Exception as e:  # as FolderDataset: one bad file must not end a run
-            return Skipped(f"{path}: {skip_reason(path, e)}")
+            return load_train(data, f.image_size, sample_rng(f.seed, epoch, f.rank, index), f.augment), label
+        except Exception as e:  # as ImageDataset: one bad file must not end a run
+            return Skipped(f"{path}: {skip_reason(data, e)}")
 
 
 class CollateEncoded:
@@ -201,11 +202,11 @@ class _Decoding:
         return getattr(self.it, name)
 
 
-def device_loader(folder: FolderDataset, sampler: TrainSampler, cfg: RunConfig, device: torch.device,
+def device_loader(images: ImageDataset, sampler, cfg: RunConfig, device: torch.device,
                   pin_memory: bool) -> DeviceDecodeLoader:
-    """data._loader's settings, with byte-reading workers and the decode on `device`."""
+    """loaders._loader's settings, with byte-reading workers and the decode on `device` (loaders.DECODERS)."""
     workers = cfg.workers
-    loader = DataLoader(EncodedDataset(folder), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+    loader = DataLoader(EncodedDataset(images), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                         collate_fn=CollateEncoded(cfg.image_size), num_workers=workers, pin_memory=pin_memory,
                         persistent_workers=workers > 0, prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
                         **loader_options(workers))

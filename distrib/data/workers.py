@@ -6,7 +6,7 @@
 By the time its loaders start, a rank has gloo, OpenMP and TensorBoard threads, and fork() copies any
 lock one of them holds at that instant: a worker forked then can hang for good (seen once in CI, a
 validation worker stuck inside os.fork). The fork server is a fresh single-threaded process that
-imports distrib.data (torch included) once; workers forked from it start in milliseconds. Python 3.14
+imports distrib.data.loaders (torch included) once; workers forked from it start in milliseconds. Python 3.14
 makes forkserver the default on Linux for the same reason.
 
 A worker started that way is the server's child, not the rank's, so DataLoader's own check ("is my
@@ -25,7 +25,9 @@ import select
 import threading
 import time
 
-PRELOAD = ["distrib.data"]  # what every worker needs, imported once in the server
+# What every worker needs, imported once in the server. torchvision.io (decode_jpeg) by name: importing
+# torchvision pulls in torch._dynamo and triton, ~100 MB that each worker would otherwise import for itself.
+PRELOAD = ["distrib.data.loaders", "torchvision.io"]
 
 
 def available() -> bool:
