@@ -113,7 +113,7 @@ def sha256(path: str) -> str:
 
 def check_images(paths: list[str], pre: Preprocessing) -> torch.Tensor:
     """Real images for the check (eval's preprocessing), or a fixed batch of random pixels."""
-    from distrib.images import load_val
+    from distrib.data.images import load_val
 
     images = []
     for p in paths[:64]:

@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from distrib import checkpoint, predictions
 from distrib.data import Batch, ValSampler, to_device
 from distrib.env import DistEnv
-from distrib.images import load_val, skip_reason
+from distrib.data.images import load_val, skip_reason
 from distrib.paths import RunPaths
 from distrib.preprocess import Preprocessing
-from distrib.workers import loader_options
+from distrib.data.workers import loader_options
 
 
 class Failed(NamedTuple):

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from distrib import predictions
 from distrib.config import ConfigError
-from distrib.images import _to_rgb, exif_orientation, open_image, skip_reason, upright_size, val_geometry
+from distrib.data.images import _to_rgb, exif_orientation, open_image, skip_reason, upright_size, val_geometry
 from distrib.preprocess import Preprocessing
 
 

@@ -16,8 +16,8 @@ import torchvision
 from conftest import assert_ok, distrain
 
 from distrib import checkpoint
-from distrib.images import load_val
-from distrib.layout import is_image_file
+from distrib.data.images import load_val
+from distrib.data.layout import is_image_file
 
 FORMATS = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torch-export": "model.pt2"}
 
