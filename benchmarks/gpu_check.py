@@ -69,7 +69,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 # rounds of its workers (each epoch's end drains and refills the pipeline: with fewer batches than
 # workers that bubble would be the figure). On the CPU: the same steps, as small as they go.
 SIZES = {
-    "cuda": dict(arch="resnet50", image_size=224, bench_batch=256, batch=128, steps=30, seconds=8.0,
+    "cuda": dict(arch="resnet50", image_size=224, bench_batch=256, batch=128, steps=30, seconds=6.0,
                  classes=8, train=6144, val=512, jpeg=(500, 375), workers=max(1, min(CORES - 2, 16))),
     "cpu": dict(arch="resnet18", image_size=32, bench_batch=8, batch=8, steps=2, seconds=1.0,
                 classes=4, train=48, val=16, jpeg=(64, 48), workers=1),
@@ -123,28 +123,38 @@ class Check:
 # ---------------------------------------------------------------- steps
 
 PROBE = """
-import json, sys, platform
+import json, platform, shutil, subprocess, sys
 out = {"python": platform.python_version()}
 import torch, torchvision
 out.update(torch=torch.__version__, torchvision=torchvision.__version__, cuda=torch.version.cuda,
            cuda_available=torch.cuda.is_available())
 if torch.cuda.is_available():
     out.update(gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(),
-               cudnn=torch.backends.cudnn.version(), bf16=torch.cuda.is_bf16_supported(),
-               nccl=".".join(map(str, torch.cuda.nccl.version())))
+               bf16=torch.cuda.is_bf16_supported(), cudnn=torch.backends.cudnn.version())
+    try:
+        out["nccl"] = str(torch.cuda.nccl.version())
+    except Exception as e:
+        out["nccl"] = f"unknown ({e})"
 from importlib.metadata import version
 for name in ("typer", "tomli-w", "tensorboard", "pillow", "numpy"):
     try:
         out[name] = version(name)
-    except Exception as e:
+    except Exception:
         out[name] = "missing"
-import launch.cli  # the distrain command imports (typer, rich, its options)
+try:  # loader workers hand batches over in shared memory: a small /dev/shm fails them
+    out["dev_shm_gb"] = round(shutil.disk_usage("/dev/shm").total / 2**30, 1)
+except OSError:
+    out["dev_shm_gb"] = None
+cli = subprocess.run([sys.executable, "-m", "launch", "bench", "--help"], capture_output=True, text=True)
+out["cli"] = "ok" if cli.returncode == 0 else (cli.stdout + cli.stderr)[-600:]
 print(json.dumps(out))
 """
 
 
 def verify_env(check: Check, rec: dict) -> dict:
     found = json.loads(rec["stdout"].strip().splitlines()[-1])
+    if found["cli"] != "ok":
+        raise Failed(f"`python -m launch bench --help` fails (a missing or too old package?): {found['cli']}")
     if check.cuda and not found["cuda_available"]:
         raise Failed(f"no CUDA GPU visible to torch {found['torch']}")
     return found
@@ -337,7 +347,8 @@ def run_step(step: Step, check: Check, limit: float) -> dict:
 
 def run_command(step: Step, check: Check, limit: float) -> dict:
     """The step's command in its own process group, killed whole (torchrun, ranks, workers) at the limit."""
-    argv = [sys.executable, *(step.argv(check) if step.name == "env" else ["-m", "launch", *step.argv(check)])]
+    args = step.argv(check)
+    argv = [sys.executable, *(args if args[0] == "-c" else ["-m", "launch", *args])]  # -c: a Python probe
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     logs = check.work / "logs"
@@ -352,10 +363,8 @@ def run_command(step: Step, check: Check, limit: float) -> dict:
         except subprocess.TimeoutExpired:
             timed_out = True
         _kill_group(proc)
-    shown = argv[:]
-    if step.name == "env":
-        shown[-1] = "PROBE"
-    return {"command": shlex.join(["python", *shown[1:]]), "exit_code": proc.returncode, "timed_out": timed_out,
+    shown = ["python", "-c", "..."] if args[0] == "-c" else ["distrain", *args]
+    return {"command": shlex.join(shown), "exit_code": proc.returncode, "timed_out": timed_out,
             "stdout": out_path.read_text(errors="replace"), "stderr": err_path.read_text(errors="replace")}
 
 
@@ -386,7 +395,7 @@ def run_all(check: Check, only: set[str] | None) -> list[dict]:
         elif records and records[0]["status"] != "passed":
             rec = {"step": step.name, "status": "skipped: env failed", "seconds": 0.0, "figures": {}}
         else:
-            limit = step.budget_s + bank if check.cuda else CPU_LIMIT_S
+            limit = step.budget_s + bank if check.cuda else max(step.budget_s, CPU_LIMIT_S)
             print(f"gpu_check: {step.name} (limit {limit:.0f} s) ...", flush=True)
             rec = run_step(step, check, limit)
             bank = max(limit - rec["seconds"], 0.0)

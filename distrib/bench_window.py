@@ -127,7 +127,7 @@ def measure_window(batches: Iterator, consume: Callable, workers: int, seconds: 
         "loader_seconds": round(window_s, 3),
         "loader_images": total,
         "loader_batches": seen["batches"] - batches_before,
-        "loader_rates": [round(r, 1) for r in parts],
+        "loader_rates": [round(r, 2) for r in parts],
         "loader_rate_min": round(min(parts), 2),
         "loader_rate_max": round(max(parts), 2),
         "loader_warmup_s": round(warmup_s, 3),
