@@ -261,12 +261,12 @@ def verify_eval(check: Check, rec: dict) -> dict:
 
 
 STEPS = [
-    Step("env", 15, lambda c: ["-c", PROBE], verify_env),
+    Step("env", 40, lambda c: ["-c", PROBE], verify_env),
     Step("data", 25, None, lambda c, rec: make_data(c)),
     Step("bench_eager", 40, lambda c: bench_args(c, *c.precision()), lambda c, rec: verify_model(c, rec, "bf16")),
-    Step("bench_compile", 115, lambda c: bench_args(c, *c.precision(), "--compile"),
+    Step("bench_compile", 110, lambda c: bench_args(c, *c.precision(), "--compile"),
          lambda c, rec: verify_model(c, rec, "bf16", compiled=True), cuda_only=True),
-    Step("bench_fp16", 30, lambda c: bench_args(c, "--amp", "fp16", "--channels-last"),
+    Step("bench_fp16", 25, lambda c: bench_args(c, "--amp", "fp16", "--channels-last"),
          lambda c, rec: verify_model(c, rec, "fp16"), cuda_only=True),
     Step("bench_workers", 35, lambda c: loader_args(c), lambda c, rec: verify_loader(c, rec, "workers")),
     Step("bench_decode", 35, lambda c: loader_args(c, "--decode", "device"),
@@ -274,9 +274,9 @@ STEPS = [
     Step("train", 40, lambda c: ["train", "--device", c.device, *c.training("train", 1)],
          lambda c, rec: verify_run(c, "train", 1)),
     Step("train_resume", 30, lambda c: ["train", "--device", c.device, *c.training("train", 2)], verify_resume),
-    Step("launch", 40, lambda c: ["launch", *c.gpus(), *c.training("launch", 1)],
+    Step("launch", 35, lambda c: ["launch", *c.gpus(), *c.training("launch", 1)],
          lambda c, rec: verify_launch(c, rec, "standalone"), env={"NCCL_DEBUG": "INFO"}),
-    Step("launch_dp", 30, lambda c: ["launch", *c.gpus(), "--strategy", "dp", *c.training("launch_dp", 1)],
+    Step("launch_dp", 25, lambda c: ["launch", *c.gpus(), "--strategy", "dp", *c.training("launch_dp", 1)],
          lambda c, rec: verify_launch(c, rec, "dp")),
     Step("eval", 25, lambda c: ["eval", "--checkpoint", str(c.run_dir("train") / "checkpoints" / "best.pt"),
                                 "--data", str(c.data), *c.gpus(), "--image-size", str(c.size["image_size"]),
@@ -284,7 +284,7 @@ STEPS = [
          verify_eval),
 ]
 
-TOTAL_BUDGET_S = sum(s.budget_s for s in STEPS)  # 460 s: the whole run on one GPU, whatever happens
+TOTAL_BUDGET_S = sum(s.budget_s for s in STEPS)  # 465 s: the whole run on one GPU, whatever happens
 
 
 # ---------------------------------------------------------------- data
@@ -346,7 +346,8 @@ def run_step(step: Step, check: Check, limit: float) -> dict:
 
 
 def run_command(step: Step, check: Check, limit: float) -> dict:
-    """The step's command in its own process group, killed whole (torchrun, ranks, workers) at the limit."""
+    """The step's command in its own process group, ended with all it started (torchrun, ranks, loader
+    workers) when it ends or reaches its limit."""
     args = step.argv(check)
     argv = [sys.executable, *(args if args[0] == "-c" else ["-m", "launch", *args])]  # -c: a Python probe
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env,
@@ -369,20 +370,38 @@ def run_command(step: Step, check: Check, limit: float) -> dict:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """End what the step left behind (a timed-out torchrun's ranks, loader workers): TERM, then KILL."""
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+    """End the step and all it started: TERM, then KILL. Its process group, and every descendant found in
+    /proc, since some run in sessions of their own (`distrain launch` starts torchrun that way)."""
+    tree = _descendants({proc.pid})
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        tree |= _descendants(tree)  # what the processes started meanwhile (ranks, loader workers)
+        for target in (-proc.pid, *tree):  # -pid: the whole group
+            try:
+                os.kill(target, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            continue
-        try:  # the leader is gone; anything still in the group gets the same signal once more
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
+            pass
+        time.sleep(0.2 if sig == signal.SIGTERM else 0)
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    """Every process below `roots` (not the roots), from /proc's parent links; empty where there is no /proc."""
+    parents = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):  # exited meanwhile
+                pass
+    found, frontier = set(), set(roots)
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
 
 
 def run_all(check: Check, only: set[str] | None) -> list[dict]:

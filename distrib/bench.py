@@ -168,12 +168,13 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int, ticker: Tic
         ticker.set("model step: warm-up" + (" (compiling)" if cfg.compile else ""))
         started = time.perf_counter()
         for _ in range(warmup):
+            last = time.perf_counter()
             step()
-        _sync(dev)
-        warmup_s = time.perf_counter() - started
+            _sync(dev)
+        warmup_s, last_s = time.perf_counter() - started, time.perf_counter() - last
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        ticker.set(f"model step: {steps} timed steps", seconds_left=warmup_s / warmup * steps)
+        ticker.set(f"model step: {steps} timed steps", seconds_left=last_s * steps)  # the last: compiled, tuned
         times = _time_steps(step, steps, dev)
     except torch.cuda.OutOfMemoryError:  # an alias of torch.OutOfMemoryError where that exists
         raise ConfigError(f"--batch-size {cfg.batch_size} does not fit in {_device_name(dev)}'s memory with "

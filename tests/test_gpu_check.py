@@ -48,8 +48,10 @@ def test_the_gpu_budgets_fit_in_eight_minutes():
 def test_a_failing_or_hanging_step_does_not_stop_the_rest(tmp_path):
     """Real processes: a step that fails, one that hangs (with a child of its own), then one that works."""
     pid_file = tmp_path / "grandchild.pid"
+    # Its child runs in a session of its own, as torchrun does under `distrain launch`.
     hang = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
-            f"time.sleep(60)']); open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+            f"time.sleep(60)'], start_new_session=True); open({str(pid_file)!r}, 'w').write(str(p.pid)); "
+            f"time.sleep(60)")
     steps = [
         Step("env", 5, lambda c: ["-c", "print(42)"], lambda c, rec: {"said": rec["stdout"].strip()}),
         Step("fails", 5, lambda c: ["-c", "import sys; sys.exit(3)"], lambda c, rec: {}),
@@ -72,7 +74,7 @@ def test_a_failing_or_hanging_step_does_not_stop_the_rest(tmp_path):
     assert status["after"]["status"] == "passed" and status["after"]["figures"] == {"said": "still here"}
     assert time.monotonic() - started < 40  # not the 60 s the hanging step would take
     grandchild = int(pid_file.read_text())
-    with pytest.raises(ProcessLookupError):  # the hanging step's own child was killed with it
+    with pytest.raises(ProcessLookupError):  # the hanging step's own child was ended with it
         for _ in range(50):
             os.kill(grandchild, 0)
             time.sleep(0.1)
