@@ -153,7 +153,7 @@ def bench(cli: dict,
         from distrib import bench as b  # torch-free until it measures: b.run checks its arguments first
 
         result = b.run(loader_only=loader_only, steps=steps, seconds=seconds, **cfg,
-                       say=lambda line: err.print(line, markup=False, highlight=False))
+                       say=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
     except ConfigError as e:
         raise fail(str(e)) from None
     if json_out:
