@@ -147,6 +147,23 @@ print(json.dumps(passes))
 """
 
 
+def test_both_names_the_bound(data):
+    result = bench_json("--data", data, "--workers", "1", *SMALL)
+    loader, model = result["loader_images_per_sec"], result["model_images_per_sec"]
+    assert result["mode"] == "both" and result["bound"] == ("input" if loader < model else "compute")
+    assert result["images_per_sec"] == min(loader, model) > 0
+    assert result["classes"] == 4  # the model step is measured with the data's head
+    text = describe(result)  # what the command prints without --json
+    assert (f"parts: min {result['loader_rate_min']:.1f}, max {result['loader_rate_max']:.1f}, window mean "
+            f"{result['loader_images_per_sec_mean']:.1f} img/s") in text  # the spread, beside the figure
+    if result["bound"] == "input":
+        assert f"input-bound: the loader gives {loader:.1f} img/s, the model takes {model:.1f} img/s" in text
+    else:
+        assert f"compute-bound: the model takes {model:.1f} img/s, the loader gives {loader:.1f} img/s" in text
+    swapped = {**result, "bound": "input", "loader_images_per_sec": 1.0, "model_images_per_sec": 2.0}
+    assert "input-bound: the loader gives 1.0 img/s, the model takes 2.0 img/s" in describe(swapped)
+
+
 @pytest.mark.parametrize("args, message", [
     ((), "--data DIR"),
     (("--data", "/no/such/dir"), "/no/such/dir"),
