@@ -90,10 +90,11 @@ def test_bench_agrees_with_loader_bench_and_with_itself(tmp_path):
     argv = [sys.executable, "-m", "launch", "bench", "--loader-only", "--data", str(root), "--batch-size", "32",
             "--workers", "2", "--seconds", "4", "--device", "cpu", "--json"]
     done = tmp_path / "benches-done"  # loader_bench's passes go on until both benches have finished
-    reference_proc = subprocess.Popen([sys.executable, "-c", LOADER_BENCH_PASSES, str(ROOT), str(root), str(done)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     benches = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                for _ in range(2)]
+    time.sleep(3)  # loader_bench's runner starts fast (no CLI): its passes then fall mostly in the benches' time
+    reference_proc = subprocess.Popen([sys.executable, "-c", LOADER_BENCH_PASSES, str(ROOT), str(root), str(done)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     exits = wait_all(benches)
     done.touch()
     outputs = [p.communicate(timeout=600) for p in (reference_proc, *benches)]
