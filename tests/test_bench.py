@@ -88,7 +88,7 @@ def test_bench_agrees_with_loader_bench_and_with_itself(tmp_path):
     root = make_jpegs(tmp_path / "jpegs", (500, 375), 256)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "launch", "bench", "--loader-only", "--data", str(root), "--batch-size", "32",
-            "--workers", "2", "--seconds", "4", "--device", "cpu", "--json"]
+            "--workers", "2", "--seconds", "5", "--device", "cpu", "--json"]
     done = tmp_path / "benches-done"  # loader_bench's passes go on until both benches have finished
     benches = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                for _ in range(2)]
@@ -99,18 +99,18 @@ def test_bench_agrees_with_loader_bench_and_with_itself(tmp_path):
     done.touch()
     outputs = [p.communicate(timeout=600) for p in (reference_proc, *benches)]
     assert all(p.returncode == 0 for p in (reference_proc, *benches)), outputs
-    # loader_bench's passes that ended while both benches were timing: their 4 s windows end about a
+    # loader_bench's passes that ended while both benches were timing: their 5 s windows end about a
     # second before they exit (workers shut down, the interpreter ends), when the passes speed up.
     passes = json.loads(outputs[0][0].strip().splitlines()[-1])
-    window = [rate for end, rate in passes if min(exits) - 5 <= end <= min(exits) - 1]
+    window = [rate for end, rate in passes if min(exits) - 6 <= end <= min(exits) - 1]
     reference = statistics.median(window or [rate for _, rate in passes])
     first, second = (json.loads(out.strip().splitlines()[-1])["images_per_sec"] for out, _ in outputs[1:])
     print(f"side by side: loader_bench {reference:.1f} img/s ({len(window)} passes); bench {first:.1f} and "
           f"{second:.1f} img/s")
     # Loose bounds, against gross errors only (images miscounted, a window that is not the window): on
     # this 2-core machine shared with other test suites, side by side, loader_bench read 0.88-2.2x a
-    # bench's figure and the two benches 0.80-1.37x each other; one after another on a quiet spell the
-    # two figures agreed within 2 % (docs/performance.md §1c).
+    # bench's figure (not explained yet) and the two benches 0.80-1.37x each other; one after another
+    # on a quiet spell the two figures agreed within 2 % (docs/performance.md §1c).
     assert 1 / 3 < first / reference < 3 and 1 / 3 < second / reference < 3
     assert 0.6 < first / second < 1.67
 
