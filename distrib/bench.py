@@ -9,35 +9,48 @@ in words. `images_per_sec` is always the figure that answers the question asked:
 loader's, or the smaller of the two.
 
 What is measured is what training runs: the same model builder, SGD with momentum and weight decay,
-the same loaders and the same uint8 -> float normalisation (`to_device`), and training's precision
-defaults for the device (`distrib.train.resolve_precision`): bf16 autocast and channels_last on a GPU
-that supports bf16, fp32 on the CPU. Warm-up steps (allocator, cuDNN autotuning, worker start-up) are
-run but not timed.
+the GradScaler with fp16, torch.compile when asked, the same loaders (--decode included) and the same
+uint8 -> float normalisation (`to_device`), and training's precision defaults for the device
+(`distrib.train.resolve_precision`): bf16 autocast and channels_last on a GPU that supports bf16, fp32
+on the CPU. Warm-up (allocator, cuDNN autotuning, compiling, worker start-up) is run but not timed.
+The model step is timed over --steps steps (images/s at the median step); the loader over a window of
+--seconds (distrib/bench_window.py says why a step count is not enough there).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import resource
 import statistics
 import time
 
+from distrib.bench_window import Ticker, endless, measure_window
 from distrib.config import ConfigError, RunConfig
 from distrib.env import DistEnv
 from distrib import data as formats
 
 # torch is imported inside the functions that measure: bad input fails at once, before ~5 s of imports.
 
-WARMUP_STEPS = {"cuda": 5, "cpu": 2}  # cuDNN autotuning needs a few steps; the CPU only the first
+WARMUP_STEPS = {"cuda": 5, "cpu": 2}  # cuDNN autotuning (and compiling) needs a few steps; the CPU only the first
 IMAGENET_CLASSES = 1000  # head size of the model step when no data says otherwise
+DEFAULT_SECONDS = 10.0   # the loader's timed window: long enough that worker rounds and epoch ends average out
+
+
+def default_workers() -> int:
+    """RunConfig's default worker count, capped by the cores this process may use (more only queue up,
+    and PyTorch warns about them)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(RunConfig.workers, cores)
 
 
 def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_size: int, batch_size: int,
-        workers: int, device: str, steps: int) -> dict:
-    """Measure; raise ConfigError (exit 2 in the CLI) for bad input."""
-    _check_args(data, synthetic, loader_only, image_size, batch_size, workers, device, steps)
+        workers: int | None, device: str, steps: int, seconds: float = DEFAULT_SECONDS, amp: str = "auto",
+        channels_last: bool | None = None, compile: bool = False, decode: str = "workers",
+        say=lambda line: None) -> dict:
+    """Measure; raise ConfigError (exit 2 in the CLI) for bad input. say(line): progress, at least every 20 s."""
+    workers = default_workers() if workers is None else workers
+    _check_args(data, synthetic, loader_only, image_size, batch_size, workers, device, steps, seconds)
     # --synthetic asks for the model step alone (even with --data); --loader-only for the files alone.
     mode = "loader" if loader_only else "synthetic" if synthetic else "both"
     if mode != "synthetic":
@@ -48,15 +61,20 @@ def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_s
 
     dev = _device(device)
     cfg = resolve_precision(RunConfig(data=data, synthetic=mode == "synthetic", arch=arch, image_size=image_size,
-                                      batch_size=batch_size, workers=workers), dev)
+                                      batch_size=batch_size, workers=workers, amp=amp, channels_last=channels_last,
+                                      compile=compile, decode=decode), dev)
+    if cfg.amp == "fp16" and dev.type != "cuda":
+        raise ConfigError("--amp fp16 needs a CUDA GPU (its loss scaling is for GPU autocast); "
+                          "use --amp bf16 or --amp off on the CPU")
     result = {"mode": mode, "device": dev.type, "device_name": _device_name(dev), "arch": arch,
               "image_size": image_size, "batch_size": batch_size, "steps": steps,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if mode in ("loader", "both"):
-        result.update(measure_loader(cfg, dev, steps))
-    if mode in ("synthetic", "both"):
-        classes = result.get("classes", IMAGENET_CLASSES)
-        result.update(measure_model(cfg, dev, steps, classes))
+    with Ticker(say) as ticker:
+        if mode in ("loader", "both"):
+            result.update(measure_loader(cfg, dev, seconds, ticker, then_model=mode == "both"))
+        if mode in ("synthetic", "both"):
+            classes = result.get("classes", IMAGENET_CLASSES)
+            result.update(measure_model(cfg, dev, steps, classes, ticker))
     if mode == "loader":
         result["images_per_sec"] = result["loader_images_per_sec"]
     elif mode == "synthetic":
@@ -68,7 +86,7 @@ def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_s
     return result
 
 
-def _check_args(data, synthetic, loader_only, image_size, batch_size, workers, device, steps) -> None:
+def _check_args(data, synthetic, loader_only, image_size, batch_size, workers, device, steps, seconds) -> None:
     if not data and not synthetic:
         raise ConfigError("bench needs --data DIR (real files) or --synthetic (model step only)")
     if loader_only and not data:
@@ -79,6 +97,8 @@ def _check_args(data, synthetic, loader_only, image_size, batch_size, workers, d
                              ("--steps", steps, 1), ("--workers", workers, 0)):
         if value < low:
             raise ConfigError(f"{flag} {value} must be at least {low}")
+    if not seconds > 0:
+        raise ConfigError(f"--seconds {seconds} must be positive (the loader's timed window, e.g. 10)")
 
 
 def _device(want: str):
@@ -113,7 +133,7 @@ def _sync(dev) -> None:
 
 # ---------------------------------------------------------------- the model step
 
-def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int) -> dict:
+def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int, ticker: Ticker) -> dict:
     """Forward + backward + SGD step on random device tensors: images/s at the median step time."""
     import torch
     import torch.nn as nn
@@ -129,24 +149,32 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int) -> dict:
     model = build_model(cfg.arch, num_classes, False, None, DistEnv()).to(dev, memory_format=fmt)
     model.train()
     optimizer = build_optimizer(model, cfg, cfg.scaled_lr(1))
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.amp == "fp16")  # as training: fp16 needs loss scaling
+    net = torch.compile(model) if cfg.compile else model
     criterion = nn.CrossEntropyLoss()
     images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, device=dev).to(memory_format=fmt)
     labels = torch.randint(0, num_classes, (cfg.batch_size,), device=dev)
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = criterion(model(images), labels)
+            loss = criterion(net(images), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     warmup = WARMUP_STEPS[dev.type]
     try:
+        ticker.set("model step: warm-up" + (" (compiling)" if cfg.compile else ""))
+        started = time.perf_counter()
         for _ in range(warmup):
+            last = time.perf_counter()
             step()
-        _sync(dev)
+            _sync(dev)
+        warmup_s, last_s = time.perf_counter() - started, time.perf_counter() - last
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
+        ticker.set(f"model step: {steps} timed steps", seconds_left=last_s * steps)  # the last: compiled, tuned
         times = _time_steps(step, steps, dev)
     except torch.cuda.OutOfMemoryError:  # an alias of torch.OutOfMemoryError where that exists
         raise ConfigError(f"--batch-size {cfg.batch_size} does not fit in {_device_name(dev)}'s memory with "
@@ -164,8 +192,10 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int) -> dict:
         "step_time_ms": round(median * 1000, 3),
         "step_time_min_ms": round(min(times) * 1000, 3),
         "warmup_steps": warmup,
+        "warmup_s": round(warmup_s, 2),
         "amp": cfg.amp,
         "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
         "peak_memory_mb": round(peak_mb, 1),
         "peak_memory_source": peak_source,
     }
@@ -194,66 +224,27 @@ def _time_steps(step, steps: int, dev) -> list[float]:
 
 # ---------------------------------------------------------------- the input pipeline
 
-def measure_loader(cfg: RunConfig, dev, steps: int) -> dict:
-    """Train batches of the real loader, through to_device, after one warm-up batch (worker start-up).
+def measure_loader(cfg: RunConfig, dev, seconds: float, ticker: Ticker, then_model: bool = False) -> dict:
+    """Train batches of the real loader (epoch after epoch, as training draws them), through to_device,
+    timed over a window of `seconds` after a warm-up (bench_window.measure_window)."""
+    from distrib.data import build_loaders, to_device
 
-    The timed batch count is rounded up to a multiple of the worker count: workers finish their
-    batches in rounds, and timing part of a round would credit work done before the clock started.
-    """
-    from distrib.data import build_loaders
+    loaders = build_loaders(cfg, DistEnv(), pin_memory=dev.type == "cuda", device=dev)
 
-    loaders = build_loaders(cfg, DistEnv(), pin_memory=dev.type == "cuda")
-    timed = math.ceil(steps / max(cfg.workers, 1)) * max(cfg.workers, 1)
-    batches = _endless(loaders)
+    def consume(batch) -> tuple[int, int]:
+        images, _ = to_device(batch, dev, channels_last=cfg.channels_last)
+        _sync(dev)
+        del images
+        return batch.labels.numel(), len(batch.skipped)
+
+    batches = endless(loaders)
     try:
-        started = time.perf_counter()
-        _consume(next(batches), dev, cfg.channels_last)
-        first_batch_s = time.perf_counter() - started
-        images, skipped, times = 0, 0, []
-        start = time.perf_counter()
-        for _ in range(timed):
-            t = time.perf_counter()
-            batch = next(batches)
-            _consume(batch, dev, cfg.channels_last)
-            times.append(time.perf_counter() - t)
-            images += batch.labels.numel()
-            skipped += len(batch.skipped)
-        seconds = time.perf_counter() - start
+        window = measure_window(batches, consume, max(cfg.workers, 1), seconds, ticker,
+                                then=" (then the model step)" if then_model else "")
     finally:
         batches.close()  # shuts the persistent workers down before the model step is measured
-    return {
-        "loader_images_per_sec": round(images / seconds, 2),
-        "loader_batch_ms": round(statistics.median(times) * 1000, 3),
-        "loader_first_batch_s": round(first_batch_s, 3),
-        "loader_batches": timed,
-        "workers": cfg.workers,
-        "data": os.path.abspath(cfg.data),
-        "train_images": loaders.num_train,
-        "classes": len(loaders.classes),
-        "skipped_images": skipped,
-    }
-
-
-def _endless(loaders):
-    """Train batches epoch after epoch, as training would draw them."""
-    epoch = 0
-    while True:
-        loaders.train_sampler.set_epoch(epoch)
-        it = iter(loaders.train)
-        try:
-            yield from it
-        finally:
-            if hasattr(it, "_shutdown_workers"):
-                it._shutdown_workers()
-        epoch += 1
-
-
-def _consume(batch, dev, channels_last: bool) -> None:
-    from distrib.data import to_device
-
-    images, _ = to_device(batch, dev, channels_last=channels_last)
-    _sync(dev)
-    del images
+    return {**window, "workers": cfg.workers, "decode": cfg.decode, "data": os.path.abspath(cfg.data),
+            "train_images": loaders.num_train, "classes": len(loaders.classes)}
 
 
 # ---------------------------------------------------------------- words
@@ -265,17 +256,23 @@ def describe(result: dict) -> str:
     lines = []
     if "model_images_per_sec" in result:
         precision = ("fp32" if result["amp"] == "off" else f"{result['amp']} autocast") + (
-            ", channels_last" if result["channels_last"] else "")
+            " with loss scaling" if result["amp"] == "fp16" else "") + (
+            ", channels_last" if result["channels_last"] else "") + (", compiled" if result["compile"] else "")
         lines.append(f"model step: {result['model_images_per_sec']:.1f} img/s, median step "
                      f"{result['step_time_ms']:.1f} ms ({precision}; {result['steps']} steps after "
-                     f"{result['warmup_steps']} warm-up); peak memory {result['peak_memory_mb']:.0f} MB "
+                     f"{result['warmup_steps']} warm-up in {result['warmup_s']:.1f} s); peak memory "
+                     f"{result['peak_memory_mb']:.0f} MB "
                      f"({'CUDA allocated' if result['device'] == 'cuda' else 'process max RSS'})")
     if "loader_images_per_sec" in result:
+        decode = " (--decode device)" if result["decode"] == "device" else ""
+        settled = "settled" if result["loader_settled"] else "NOT settled: the figure may move; try more --seconds"
         lines.append(f"input pipeline: {result['loader_images_per_sec']:.1f} img/s with {result['workers']} "
-                     f"worker(s), median batch wait {result['loader_batch_ms']:.1f} ms "
-                     f"({result['loader_batches']} batches after a warm-up batch of "
-                     f"{result['loader_first_batch_s']:.2f} s); {result['train_images']} train images in "
-                     f"{result['data']}")
+                     f"worker(s){decode}: the median of {len(result['loader_rates'])} parts of a "
+                     f"{result['loader_seconds']:.1f} s window ({result['loader_batches']} batches), after "
+                     f"{result['loader_warmup_s']:.1f} s of warm-up ({settled})")
+        lines.append(f"  parts: min {result['loader_rate_min']:.1f}, max {result['loader_rate_max']:.1f}, window "
+                     f"mean {result['loader_images_per_sec_mean']:.1f} img/s; {result['train_images']} train "
+                     f"images in {result['data']}")
         if result["skipped_images"]:
             lines.append(f"  {result['skipped_images']} unreadable image(s) skipped")
     if result["mode"] == "both":

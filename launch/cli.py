@@ -202,24 +202,34 @@ def check(cli: dict, config: Optional[Path] = CONFIG_OPTION,
     raise typer.Exit(preflight.report(cfg, out=out, sample=sample))
 
 
-BENCH_OPTIONS = ("data", "synthetic", "arch", "image_size", "batch_size", "workers", "device")
+BENCH_OPTIONS = ("data", "synthetic", "arch", "image_size", "batch_size", "workers", "device", "amp",
+                 "channels_last", "compile", "decode")
 
 
-@app.command()
+@app.command(epilog="[bold]Examples[/]\n\n"
+             "  distrain bench --synthetic --arch resnet50 --batch-size 256 --device cuda\n\n"
+             "  distrain bench --loader-only --data /data/imagenet --workers 16 --seconds 20 --json\n\n"
+             "  distrain bench --data /data/imagenet --batch-size 256 --workers 16 --decode device")
 @run_options(TRAINING, RUNTIME, skip=tuple(f for f in RunConfig.__dataclass_fields__ if f not in BENCH_OPTIONS))
 def bench(cli: dict,
           loader_only: bool = typer.Option(False, "--loader-only", help="Measure the input pipeline alone."),
-          steps: int = typer.Option(20, "--steps", help="Timed steps (after warm-up)."),
+          steps: int = typer.Option(20, "--steps", help="Timed model steps (after warm-up)."),
+          seconds: float = typer.Option(10.0, "--seconds", help="The input pipeline's timed window, after a "
+                                        "warm-up until its rate settles (at most as long again)."),
           json_out: bool = typer.Option(False, "--json", help="Print one JSON object (with images_per_sec).")):
-    """Measured throughput: the model step, the input pipeline, or both and which one limits training."""
+    """Measured throughput: the model step, the input pipeline, or both and which one limits training.
+    Default --workers: 4, capped by the cores."""
     from dataclasses import asdict
 
     try:
         cfg = {k: v for k, v in asdict(RunConfig(**cli)).items() if k in BENCH_OPTIONS}
+        if "workers" not in cli:
+            cfg["workers"] = None  # bench's default: capped by the cores
         archs.check_arch(cfg["arch"])
         from distrib import bench as b  # torch-free until it measures: b.run checks its arguments first
 
-        result = b.run(loader_only=loader_only, steps=steps, **cfg)
+        result = b.run(loader_only=loader_only, steps=steps, seconds=seconds, **cfg,
+                       say=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
     except ConfigError as e:
         raise fail(str(e)) from None
     if json_out:
