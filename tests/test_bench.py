@@ -137,7 +137,7 @@ import torch
 from pathlib import Path
 from loader_bench import distrain_runner
 torch.set_num_threads(1)
-run = distrain_runner(Path(sys.argv[2]), argparse.Namespace(batch_size=32, workers=2, image_size=224))
+run = distrain_runner(Path(sys.argv[2]), argparse.Namespace(batch_size=32, workers=2, image_size=224), False)
 run(0)
 passes, done = [], Path(sys.argv[3])
 while not done.exists() or len(passes) < 3:
