@@ -8,30 +8,22 @@ antialiased bilinear resize instead of torch's (they differ by ~0.01 grey levels
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from distrib import predictions
-from distrib.config import ConfigError
 from distrib.data.images import _to_rgb, exif_orientation, open_image, skip_reason, upright_size, val_geometry
+from distrib.export_dir import read_model_json
 from distrib.preprocess import Preprocessing
 
 
 def read_export(folder: str) -> dict:
     """model.json of an ONNX export, checked: what `--model` needs, or one line saying what is wrong."""
-    meta_path = os.path.join(folder, "model.json")
-    if not os.path.isfile(meta_path):
-        raise ConfigError(f"--model {folder} has no model.json; give a folder written by "
-                          "`distrain export --format onnx`")
-    with open(meta_path) as fh:
-        meta = json.load(fh)
-    if meta.get("format") != "onnx":
-        raise ConfigError(f"--model {folder} is a {meta.get('format')} export; predict --model runs ONNX exports "
-                          "(distrain export --format onnx), or use --checkpoint")
-    return meta
+    return read_model_json(folder, ("onnx",), f"--model {folder} has no model.json; give a folder written by "
+                           "`distrain export --format onnx`", f"--model {folder} is a {{format}} export; predict "
+                           "--model runs ONNX exports (distrain export --format onnx), or use --checkpoint")
 
 
 def load_pixels(path: str, pre: Preprocessing) -> np.ndarray:

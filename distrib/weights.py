@@ -12,7 +12,6 @@ Never a full unpickle: torch files go through checkpoint.load (weights_only=True
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ import torchvision
 
 from distrib.checkpoint import UnusableCheckpoint, load
 from distrib.config import ConfigError
+from distrib.export_dir import read_model_json
 
 log = logging.getLogger("distrain")
 
@@ -51,15 +51,13 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 def _export_model_file(folder: str) -> str:
     """A distrain export folder: the weights file model.json names (safetensors or torch-export)."""
-    meta_path = os.path.join(folder, "model.json")
-    if not os.path.isfile(meta_path):
-        raise UnusableCheckpoint(f"{folder} is a folder without model.json; give a weights file or a "
-                                 "`distrain export` folder")
-    with open(meta_path) as fh:
-        meta = json.load(fh)
-    if meta.get("format") not in ("safetensors", "torch-export"):
-        raise UnusableCheckpoint(f"{folder} is a {meta.get('format')} export, which holds no torch weights; "
-                                 "export with --format safetensors or give the checkpoint")
+    try:
+        meta = read_model_json(folder, ("safetensors", "torch-export"), f"{folder} is a folder without model.json; "
+                               "give a weights file or a `distrain export` folder", f"{folder} is a {{format}} "
+                               "export, which holds no torch weights; export with --format safetensors or give "
+                               "the checkpoint")
+    except ConfigError as e:
+        raise UnusableCheckpoint(str(e)) from None
     return os.path.join(folder, meta["file"])
 
 
