@@ -24,7 +24,7 @@ from distrib.paths import RunPaths
 FRESH, RESUME, COMPLETE = "fresh", "resume", "complete"
 
 
-def _read_json(path: str) -> dict | None:
+def read_json(path: str) -> dict | None:
     try:
         with open(path) as fh:
             return json.load(fh)
@@ -48,11 +48,11 @@ def metrics_rows(paths: RunPaths) -> list[dict]:
 
 def position(paths: RunPaths) -> dict | None:
     """Where the newest checkpoint is: epoch (next to train), batch, batches, epochs (distrib/train.py)."""
-    return _read_json(paths.position)
+    return read_json(paths.position)
 
 
 def outcome(paths: RunPaths) -> dict | None:
-    return _read_json(paths.outcome)
+    return read_json(paths.outcome)
 
 
 def write_outcome(paths: RunPaths, state: str, **extra) -> None:

@@ -66,7 +66,7 @@ def summary(run_dir: str, data: str | None = None) -> list[str]:
 def state(run_dir: Path) -> tuple[str, str]:
     """(running | finished | stopped | failed | not started, a few words of detail)."""
     paths = RunPaths(str(run_dir))
-    launch = rd._read_json(paths.launch_record) or {}
+    launch = rd.read_json(paths.launch_record) or {}
     job_id = launch.get("job_id")
     where = rd.position(paths) or {}
     epochs = where.get("epochs") or _configured_epochs(paths)

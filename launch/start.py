@@ -28,13 +28,8 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     check_precision(cfg, plan.device)
     paths = RunPaths(cfg.run_dir)
     if not dry_run:
-        decision = run_dir.decide(cfg)  # torch-free: a complete run answers in well under a second
-        if decision == run_dir.COMPLETE:
-            out.print(f"[green]run complete[/]: {cfg.run_dir} has trained all {cfg.epochs} epoch(s); nothing to do "
-                      "(raise --epochs to train on, or --overwrite to start again).", soft_wrap=True)
-            for line in run_status.summary(cfg.run_dir, cfg.data):
-                out.print(line, markup=False, highlight=False, soft_wrap=True)
-            return 0
+        if run_dir.decide(cfg) == run_dir.COMPLETE:  # torch-free: a complete run answers in well under a second
+            return say_complete(cfg, out)
     # A dry run is often prepared for another machine: what it cannot see from here is only a warning.
     problems = preflight.cheap_checks(cfg, plan, here=not dry_run)
     fatal = [p for p in problems if not p.warning]
@@ -63,6 +58,15 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     if node is not None:
         out.print(f"  {node.describe()}; {_env_summary(env)}", soft_wrap=True, markup=False)
     return run_here(cfg, plan, argv, typed, out, env)
+
+
+def say_complete(cfg: RunConfig, out) -> int:
+    """A finished run launched again: say so, with its summary; nothing is started."""
+    out.print(f"[green]run complete[/]: {cfg.run_dir} has trained all {cfg.epochs} epoch(s); nothing to do "
+              "(raise --epochs to train on, or --overwrite to start again).", soft_wrap=True)
+    for line in run_status.summary(cfg.run_dir, cfg.data):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0
 
 
 def check_precision(cfg: RunConfig, device: str) -> None:
@@ -207,10 +211,7 @@ def train_in_place(cfg: RunConfig, typed: list[str], out, warn) -> int:
     single = "TORCHELASTIC_RUN_ID" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) == 1
     if single:  # the whole run is this process: the run-dir rules apply as for launch
         if run_dir.decide(cfg) == run_dir.COMPLETE:
-            out.print(f"[green]run complete[/]: {cfg.run_dir} has trained all {cfg.epochs} epoch(s); nothing to do.")
-            for line in run_status.summary(cfg.run_dir, cfg.data):
-                out.print(line, markup=False, highlight=False, soft_wrap=True)
-            return 0
+            return say_complete(cfg, out)
     for p in preflight.cheap_checks(cfg, None, here=True):
         if not p.warning:
             raise ConfigError(p.message)
