@@ -71,13 +71,19 @@ class TrainState:
                 self.ema.n_averaged.zero_()
         self.progress = Progress(**{name: state.get(name, getattr(Progress(), name)) for name in Progress.FIELDS})
 
-    def follow_world_size(self, cfg: RunConfig) -> None:
+    def follow_world_size(self, cfg: RunConfig, batches_per_epoch: int) -> None:
         """After resuming a checkpoint written by a world of another size (an elastic restart with fewer or
         more nodes): the learning rate follows the new global batch (linear scaling, cfg.scaled_lr), every
-        group by the same ratio so --head-lr-mult and the schedule's position are kept."""
+        group by the same ratio so --head-lr-mult and the schedule's position are kept; a position inside
+        an epoch becomes the same share of the epoch in the new world's batches (each rank's shard, and so
+        the number of batches in an epoch, depends on the world size)."""
         before = self.progress.world_size
         if not before or before == self.world_size:
             return
+        if self.progress.batch:
+            k = cfg.accum_steps
+            seen = self.progress.batch * before // self.world_size
+            self.progress.batch = min(seen // k * k, batches_per_epoch // k * k)
         ratio = cfg.scaled_lr(self.world_size) / cfg.scaled_lr(before)
         self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
         for group in self.optimizer.param_groups:

@@ -104,7 +104,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
     state = TrainState.create(model, cfg, env.world_size, steps_per_epoch, device)
     checkpointer = Checkpointer(cfg, env, loaders.classes, steps_per_epoch)
     checkpointer.resume(state)
-    state.follow_world_size(cfg)  # a restart with fewer or more nodes: the lr follows the new global batch
+    state.follow_world_size(cfg, loaders.train_sampler.batches_per_epoch)  # an elastic restart: lr, position
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed + env.rank)  # per-rank stream for anything after model init
     net = wrap_model(model, cfg.strategy, device, env, cfg.sync_bn, cfg.bucket_mb, static_graph=cfg.accum_steps == 1)
