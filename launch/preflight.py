@@ -57,12 +57,16 @@ def check_data(cfg: RunConfig, build: bool = True, name_hidden: bool = False) ->
 
 
 def check_batch_fits(cfg: RunConfig, plan: topology.Plan) -> Check | None:
-    """Every process needs one whole batch of training images per epoch; counting stops once there are
-    enough, so a large dataset costs a few directory reads, not a full listing."""
+    """Every process needs one whole batch of training images per epoch: the index's count, or (dry run,
+    no index yet) a count that stops once there are enough, a few directory reads on a large tree."""
     if cfg.synthetic or not cfg.data or formats.format_of(cfg) != "folder":
         return None  # shards: the rank checks it against the index; synthetic data always fills a batch
     need = cfg.batch_size * plan.min_nodes * plan.procs_per_node
-    have = count_images(os.path.join(cfg.data, "train"), stop_at=need)
+    from distrib.data import index
+
+    built = index.load(cfg.data, cfg.val_split)  # check_data built it unless this is a dry run: no listing
+    have = built.meta["splits"]["train"]["count"] if built else count_images(os.path.join(cfg.data, "train"),
+                                                                              stop_at=need)
     if have >= need:
         return None
     most = max(1, have // (plan.min_nodes * plan.procs_per_node))

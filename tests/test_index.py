@@ -101,6 +101,27 @@ def test_a_rank_lists_no_data_directory_when_the_index_exists(data, state):
     assert listed == 0 if state == "fresh" else listed > 0
 
 
+LAUNCHER_LISTINGS = textwrap.dedent("""
+    import sys
+    from distrib.config import RunConfig
+    from launch import preflight, topology
+    root, listed = sys.argv[1], []
+    sys.addaudithook(lambda event, args: listed.append(args[0]) if event in ("os.scandir", "os.listdir")
+                     and str(args[0]).startswith(root) else None)
+    cfg = RunConfig(data=root, batch_size=4, gpus=0, procs=2, run_dir=sys.argv[2])
+    failed = preflight.cheap_checks(cfg, topology.make_plan(cfg, 0))  # what `distrain launch` runs first
+    print(len(listed), [c.name for c in failed])
+""")
+
+
+def test_the_launcher_lists_no_data_directory_when_the_index_exists(data, tmp_path):
+    index.ensure(str(data))
+    out = subprocess.run([sys.executable, "-c", LAUNCHER_LISTINGS, str(data), str(tmp_path / "run")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(maxsplit=1) == ["0", "[]\n"]
+
+
 def test_hidden_folders_are_not_classes_anywhere(data, tmp_path):
     for split in ("train", "val"):
         shutil.copytree(data / split / "class0", data / split / ".ipynb_checkpoints")
