@@ -138,7 +138,7 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int, ticker: Tic
     import torch
     import torch.nn as nn
 
-    from distrib.model import build_model
+    from distrib.model import build_model, training_loss
     from distrib.recipe.optim import build_optimizer
     from distrib.train import AMP_DTYPES
 
@@ -157,7 +157,7 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int, ticker: Tic
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = criterion(net(images), labels)
+            loss = training_loss(net(images), lambda logits: criterion(logits, labels))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

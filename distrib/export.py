@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from distrib import checkpoint
+from distrib import checkpoint, weights
 from distrib.preprocess import Preprocessing
 
 STATE_PREFIX = "net."   # the torchvision model's keys inside Normalized (distrib/weights.py strips it)
@@ -55,7 +55,7 @@ def _write_safetensors(model: Normalized, path: str, example) -> None:
 def _load_safetensors(path: str, meta: dict) -> Callable:
     from safetensors.torch import load_file
 
-    net = torchvision.models.get_model(meta["arch"], weights=None, num_classes=meta["num_classes"])
+    net = weights.scratch(meta["arch"], meta["num_classes"])
     net.load_state_dict(load_file(path))
     return Normalized(net, Preprocessing.from_dict(meta["preprocessing"])).eval()
 
@@ -132,7 +132,7 @@ def main(checkpoint_path: str, fmt: str, output: str, pre: Preprocessing, sample
     kind = FORMATS[fmt]
     ckpt = checkpoint.load(checkpoint_path)
     classes = list(ckpt["classes"])
-    net = torchvision.models.get_model(ckpt["arch"], weights=None, num_classes=len(classes))
+    net = weights.scratch(ckpt["arch"], len(classes))
     net.load_state_dict(checkpoint.model_weights(ckpt))  # the EMA's when the run kept one
     model = Normalized(net, pre).eval()
     meta = {

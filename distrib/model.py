@@ -17,6 +17,20 @@ from distrib.env import DistEnv
 log = logging.getLogger("distrain")
 
 
+# Archs with auxiliary classifiers return a namedtuple (logits, aux logits...) in training mode; their
+# papers add each auxiliary loss with a weight: GoogLeNet 0.3, Inception v3 0.4. (Eval mode: logits only.)
+AUX_LOSS_WEIGHTS = {"GoogLeNetOutputs": 0.3, "InceptionOutputs": 0.4}
+
+
+def training_loss(output, loss_of):
+    """loss_of(logits), plus the weighted losses of the auxiliary classifiers where the arch has them."""
+    weight = AUX_LOSS_WEIGHTS.get(type(output).__name__)
+    if weight is None:
+        return loss_of(output)
+    logits, *aux = output
+    return loss_of(logits) + weight * sum(loss_of(a) for a in aux if a is not None)
+
+
 def build_model(arch: str, num_classes: int, pretrained: bool, weights_path: str | None, env: DistEnv,
                 freeze_backbone: bool = False) -> nn.Module:
     """torchvision.models.get_model, from torchvision's weights (--pretrained), a weights file (--weights,
@@ -27,7 +41,7 @@ def build_model(arch: str, num_classes: int, pretrained: bool, weights_path: str
     elif weights_path:
         model = weights.build_from_state(weights.read_state_dict(weights_path), weights_path, arch, num_classes)
     else:
-        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        model = weights.scratch(arch, num_classes)
     if freeze_backbone:
         freeze_all_but_head(model)
     return model
@@ -46,11 +60,11 @@ def _pretrained_from_cache(arch: str) -> nn.Module:
 def freeze_all_but_head(model: nn.Module) -> None:
     """Only the classifier trains: the backbone's parameters need no gradient, and its BatchNorm layers
     stay in eval mode whatever model.train() says, so their running statistics stay bit-identical too."""
-    head = weights.head_name(model)
+    head = weights.class_layers(model)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(f"{head}."))
+        p.requires_grad_(weights.in_class_layers(name, head))
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(f"{head}."):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not weights.in_class_layers(name, head):
             module.__class__ = _frozen(type(module))  # same object, same state_dict, only .train differs
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from distrib.weights import head_name
+from distrib.weights import class_layers, in_class_layers
 
 
 def param_groups(model: nn.Module, cfg, lr: float) -> list[dict]:
     """Non-empty groups, backbone first (the first group's lr is the one logged as the run's lr)."""
-    head = head_name(model) if cfg.head_lr_mult != 1 else None
+    head = class_layers(model) if cfg.head_lr_mult != 1 else []
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue  # frozen: the optimizer must not touch it (weight decay would still move it)
-        in_head = head is not None and name.startswith(f"{head}.")
+        in_head = in_class_layers(name, head)
         # Norm scales and biases are 1-D: decaying them only hurts (torchvision's --norm-weight-decay 0).
         decays = cfg.decay_norm_bias or p.ndim > 1
         groups.setdefault((in_head, decays), []).append(p)

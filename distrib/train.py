@@ -24,7 +24,7 @@ from distrib.config import ConfigError, RunConfig
 from distrib.data import build_loaders, to_device
 from distrib.env import DistEnv
 from distrib.evaluate import evaluate
-from distrib.model import build_model, wrap_model
+from distrib.model import build_model, training_loss, wrap_model
 from distrib.process_group import all_reduce_sum, pick_device, process_group
 from distrib.recipe import recipes
 from distrib.recipe.ema import adjusted_decay
@@ -208,9 +208,10 @@ def forward_backward(loop: Loop, state: TrainState, images: torch.Tensor, labels
                 loss = sum(p.sum() for p in loop.net.parameters()) * 0.0
             elif loop.mixer is not None:
                 images, targets = loop.mixer(images, labels, (state.progress.step, micro, loop.env.rank))
-                loss = soft_cross_entropy(loop.net(images), targets)
+                loss = training_loss(loop.net(images), lambda logits: soft_cross_entropy(logits, targets))
             else:
-                loss = F.cross_entropy(loop.net(images), labels, label_smoothing=cfg.label_smoothing)
+                loss = training_loss(loop.net(images), lambda logits: F.cross_entropy(
+                    logits, labels, label_smoothing=cfg.label_smoothing))
         state.scaler.scale(loss / k).backward()
     return loss
 

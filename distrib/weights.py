@@ -109,6 +109,13 @@ def _strip_prefixes(state: dict) -> dict:
 
 # ---------------------------------------------------------------- fitting
 
+def scratch(arch: str, num_classes: int) -> nn.Module:
+    """The arch, randomly initialised."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init notices
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+
+
 def skeleton(arch: str, num_classes: int = 1000) -> nn.Module:
     """The arch with no memory behind it (meta device) when it allows; some builders compute on tensors."""
     with warnings.catch_warnings():
@@ -120,10 +127,38 @@ def skeleton(arch: str, num_classes: int = 1000) -> nn.Module:
             return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
+# Auxiliary classifiers: extra class-score layers some archs train with (their outputs in training mode are
+# namedtuples, distrib/model.py weighs their losses). They are replaced with the classifier.
+AUX_CLASSIFIERS = ("aux1.fc2", "aux2.fc2", "AuxLogits.fc")  # googlenet, googlenet, inception_v3
+
+
+def _class_count(layer: nn.Module) -> int | None:
+    """How many class scores a layer outputs, if it can be a classifier."""
+    if isinstance(layer, nn.Linear):
+        return layer.out_features
+    if isinstance(layer, nn.Conv2d) and layer.kernel_size == (1, 1):
+        return layer.out_channels  # squeezenet's classifier is a 1x1 convolution
+    return None
+
+
+def class_layers(model: nn.Module) -> list[str]:
+    """The layers that output class scores, the classifier first: the model's last Linear (or 1x1 conv):
+    "fc", "classifier.1", "heads.head", then any auxiliary classifiers ("aux1.fc2", "AuxLogits.fc")."""
+    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers or _class_count(model.get_submodule(layers[-1])) is None:
+        return []
+    return [layers[-1]] + [name for name in AUX_CLASSIFIERS if name in layers]
+
+
 def head_name(model: nn.Module) -> str | None:
-    """The classifier: the last nn.Linear of the model ("fc", "classifier.1", "heads.head")."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return names[-1] if names else None
+    """The classifier ("fc", "classifier.1", "heads.head"), or None for a model without one."""
+    layers = class_layers(model)
+    return layers[0] if layers else None
+
+
+def in_class_layers(param: str, layers: list[str]) -> bool:
+    """Whether a parameter name ("fc.weight") belongs to one of the class layers."""
+    return any(param.startswith(f"{layer}.") for layer in layers)
 
 
 @dataclass(frozen=True)
@@ -142,12 +177,12 @@ class Fit:
 def fit(state: dict, arch: str) -> Fit:
     """Compare a state_dict with the arch's keys and shapes; the classifier may have any row count."""
     model = skeleton(arch)
-    head = head_name(model)
+    layers = class_layers(model)
+    head = layers[0] if layers else None
     want = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(IGNORED_SUFFIXES)}
     have = {k: tuple(v.shape) for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
-    head_keys = {f"{head}.weight", f"{head}.bias"} if head else set()
     mismatched = [k for k in want.keys() & have.keys() if want[k] != have[k]
-                  and not (k in head_keys and want[k][1:] == have[k][1:])]
+                  and not (in_class_layers(k, layers) and want[k][1:] == have[k][1:])]
     head_rows = have.get(f"{head}.weight", (None,))[0] if head else None
     return Fit(sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys()), sorted(mismatched),
                head, head_rows)
@@ -190,26 +225,25 @@ def archs_that_fit(state: dict, exclude: str = "") -> list[str]:
 def build_from_state(state: dict, path: str, arch: str, num_classes: int) -> nn.Module:
     """The arch loaded with the file's weights; its classifier replaced only when the class count differs."""
     result = check_fit(state, path, arch)
-    rows = result.file_classes or num_classes
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        model = torchvision.models.get_model(arch, weights=None, num_classes=rows)
+    model = scratch(arch, result.file_classes or num_classes)
     model.load_state_dict(state, strict=True)
     return replace_head(model, num_classes)
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """A fresh classifier for another class count (fine-tuning); the same model when the count is right."""
-    name = head_name(model)
-    if name is None:
-        return model
-    layer = model.get_submodule(name)
-    if layer.out_features == num_classes:
-        return model
-    log.info("replacing classifier %s: %d -> %d classes (new, randomly initialised)", name,
-             layer.out_features, num_classes)
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    setattr(parent, name.rpartition(".")[2], nn.Linear(layer.in_features, num_classes, bias=layer.bias is not None))
+    """Fresh class layers (the classifier and any auxiliary ones) for another class count (fine-tuning);
+    the same model when the count is right."""
+    for name in class_layers(model):
+        layer = model.get_submodule(name)
+        if _class_count(layer) == num_classes:
+            continue
+        log.info("replacing classifier %s: %d -> %d classes (new, randomly initialised)", name,
+                 _class_count(layer), num_classes)
+        bias = layer.bias is not None
+        fresh = (nn.Linear(layer.in_features, num_classes, bias=bias) if isinstance(layer, nn.Linear)
+                 else nn.Conv2d(layer.in_channels, num_classes, kernel_size=1, bias=bias))
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        setattr(parent, name.rpartition(".")[2], fresh)
     return model
 
 

@@ -27,7 +27,29 @@ KNOWN = (
 )
 
 
-def check_arch(arch: str) -> None:
+# Image sizes some archs need, by name prefix: (smallest, largest or None, why). The rest take any
+# --image-size from 32 px up. Checked before launch: otherwise the first forward fails inside every rank.
+SIZE_RULES = {
+    "vit_": (224, 224, "its position embeddings are laid out for 224 x 224"),
+    "maxvit_": (224, 224, "its attention windows are laid out for 224 x 224"),
+    "inception_v3": (299, None, "its auxiliary classifier needs a 17 x 17 feature map"),
+    "alexnet": (64, None, "its three max-pools need a 64 px input"),
+}
+
+
+def check_image_size(arch: str, image_size: int) -> None:
+    rule = next((r for prefix, r in SIZE_RULES.items() if arch.startswith(prefix)), None)
+    if rule is None:
+        return
+    low, high, why = rule
+    if image_size < low or (high is not None and image_size > high):
+        sizes = f"--image-size {low} only" if low == high else f"--image-size {low} or more"
+        raise ConfigError(f"--arch {arch} trains at {sizes} ({why}), not {image_size}; use --image-size {low}")
+
+
+def check_arch(arch: str, image_size: int | None = None) -> None:
+    if image_size is not None:
+        check_image_size(arch, image_size)
     if arch in KNOWN:
         return
     try:

@@ -58,7 +58,7 @@ def warn(message: str) -> None:
 
 def build_config(cli: dict, config_file: Optional[Path]) -> RunConfig:
     cfg = resolve(cli, str(config_file) if config_file else None).with_run_dir()
-    archs.check_arch(cfg.arch)
+    archs.check_arch(cfg.arch, cfg.image_size)
     return cfg
 
 
@@ -225,7 +225,7 @@ def bench(cli: dict,
         cfg = {k: v for k, v in asdict(RunConfig(**cli)).items() if k in BENCH_OPTIONS}
         if "workers" not in cli:
             cfg["workers"] = None  # bench's default: capped by the cores
-        archs.check_arch(cfg["arch"])
+        archs.check_arch(cfg["arch"], None if loader_only else cfg["image_size"])
         from distrib import bench as b  # torch-free until it measures: b.run checks its arguments first
 
         result = b.run(loader_only=loader_only, steps=steps, seconds=seconds, **cfg,

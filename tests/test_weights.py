@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from conftest import TINY, assert_ok, distrain
 
@@ -16,7 +17,7 @@ from distrib import weights
 from distrib.checkpoint import UnusableCheckpoint
 from distrib.config import RunConfig
 from distrib.env import DistEnv
-from distrib.model import build_model
+from distrib.model import build_model, training_loss
 from distrib.param_groups import param_groups
 
 
@@ -172,3 +173,47 @@ def test_pretrained_reads_the_cache_the_launcher_checked(tmp_path, imagefolder):
     trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert torch.equal(trained["conv1.weight"], state["conv1.weight"])
     assert torch.equal(trained["layer4.1.bn2.running_var"], state["layer4.1.bn2.running_var"])
+
+
+# Archs whose class scores come from more than the last Linear: auxiliary classifiers (googlenet,
+# inception_v3) and a 1x1 convolution (squeezenet).
+CLASS_LAYERS = {"googlenet": ["fc", "aux1.fc2", "aux2.fc2"], "inception_v3": ["fc", "AuxLogits.fc"],
+                "squeezenet1_1": ["classifier.1"]}
+
+
+@pytest.mark.parametrize("arch", list(CLASS_LAYERS))
+def test_every_class_layer_is_replaced_for_fine_tuning(arch, tmp_path):
+    state = weights.skeleton(arch, 1000).to_empty(device="cpu").state_dict()
+    model = weights.build_from_state(state, "w.pt", arch, num_classes=4)
+    assert weights.class_layers(model) == CLASS_LAYERS[arch]
+    for name in CLASS_LAYERS[arch]:
+        assert model.get_submodule(name).weight.shape[0] == 4
+    # the fine-tuned file (every class layer at 4 rows) fits the arch again: eval, predict, --weights
+    assert weights.fit(model.state_dict(), arch).ok
+    frozen = build_model(arch, 4, False, None, DistEnv(), freeze_backbone=True)
+    trained = {name.rpartition(".")[0] for name, p in frozen.named_parameters() if p.requires_grad}
+    assert trained == set(CLASS_LAYERS[arch])
+
+
+def test_auxiliary_classifiers_add_their_weighted_losses():
+    """googlenet returns (logits, aux2, aux1) in training mode: the training loss (distrib/train.py and
+    bench) is the classifier's loss + 0.3 x each auxiliary one, and every class layer gets a gradient."""
+    model = build_model("googlenet", 4, False, None, DistEnv()).train()
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
+    output = model(images)
+    loss = training_loss(output, lambda logits: F.cross_entropy(logits, labels))
+    expected = sum(w * F.cross_entropy(o, labels) for w, o in zip((1, 0.3, 0.3), output))
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert all(model.get_submodule(name).weight.grad is not None for name in CLASS_LAYERS["googlenet"])
+    assert isinstance(model.eval()(images), torch.Tensor)  # validation, export: the logits alone
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "vit_b_16", "--image-size", "64"], "--arch vit_b_16 trains at --image-size 224 only"),
+    (["--arch", "inception_v3"], "--arch inception_v3 trains at --image-size 299 or more"),
+])
+def test_an_image_size_the_arch_cannot_take_is_refused_before_launch(args, message, tmp_path):
+    proc = distrain("launch", "--gpus", "0", "--synthetic", "--run-dir", tmp_path / "run", *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.all, proc.all
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
