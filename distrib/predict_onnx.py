@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from distrib import predictions
+from distrib.config import ConfigError
 from distrib.data.images import _to_rgb, exif_orientation, open_image, skip_reason, upright_size, val_geometry
 from distrib.export_dir import read_model_json
 from distrib.preprocess import Preprocessing
@@ -46,13 +47,30 @@ def load_pixels(path: str, pre: Preprocessing) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def predict(folder: str, paths: list[str], topk: int, batch_size: int) -> list[dict]:
+def providers(gpus: int | None) -> list[str]:
+    """onnxruntime's execution providers for --gpus: None = the best it has (CUDA first when installed),
+    0 = the CPU, 1 = CUDA (ConfigError in one line when this onnxruntime has none). One session: one GPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if gpus == 0:
+        return ["CPUExecutionProvider"]
+    if gpus is None:
+        return available
+    if gpus > 1:
+        raise ConfigError(f"--gpus {gpus}: predict --model runs one onnxruntime session on one GPU; use --gpus 1")
+    if "CUDAExecutionProvider" not in available:
+        raise ConfigError(f"--gpus 1 with --model needs onnxruntime-gpu (this onnxruntime has "
+                          f"{', '.join(available)}); pip install onnxruntime-gpu, or use --gpus 0")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def predict(folder: str, paths: list[str], topk: int, batch_size: int, gpus: int | None = None) -> list[dict]:
     import onnxruntime
 
     meta = read_export(folder)
     pre = Preprocessing.from_dict(meta["preprocessing"])
-    session = onnxruntime.InferenceSession(os.path.join(folder, meta["file"]),
-                                           providers=onnxruntime.get_available_providers())
+    session = onnxruntime.InferenceSession(os.path.join(folder, meta["file"]), providers=providers(gpus))
     rows: list[dict] = []
     bar = predictions.ProgressBar(len(paths))
     for start in range(0, len(paths), batch_size):

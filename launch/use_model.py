@@ -152,7 +152,7 @@ def predict(inputs: list[str], checkpoint, model_dir, topk: int, output, cli: di
     predictions.output_format(output)  # a bad --output is found before any image is read
     paths = predictions.list_inputs([str(p) for p in inputs])
     if model_dir is not None:
-        rows = _predict_onnx(str(model_dir), paths, topk, batch_size, cli)
+        rows = _predict_onnx(str(model_dir), paths, topk, batch_size, cli, gpus, procs)
     else:
         record = read_checkpoint(checkpoint)
         pre = settle_preprocessing(record, cli, warn)
@@ -182,7 +182,8 @@ def predict(inputs: list[str], checkpoint, model_dir, topk: int, output, cli: di
     return 0
 
 
-def _predict_onnx(model_dir: str, paths: list[str], topk: int, batch_size: int, cli: dict) -> list[dict]:
+def _predict_onnx(model_dir: str, paths: list[str], topk: int, batch_size: int, cli: dict, gpus: int | None,
+                  procs: int) -> list[dict]:
     """onnxruntime, numpy and PIL only: this path never imports torch (tests/test_predict.py checks)."""
     import importlib.util
 
@@ -193,9 +194,12 @@ def _predict_onnx(model_dir: str, paths: list[str], topk: int, batch_size: int, 
     if typed:
         raise ConfigError(f"--{typed[0].replace('_', '-')} does not apply to --model: the ONNX graph takes "
                           f"{meta['input']['size'][0]} px crops; re-export with other sizes instead")
+    if procs != 1:
+        raise ConfigError(f"--procs {procs} does not apply to --model: one onnxruntime process uses every core; "
+                          "drop --procs")
     if importlib.util.find_spec("onnxruntime") is None:
         raise ConfigError("predict --model needs onnxruntime: pip install \"distrain[onnx]\"")
-    return predict_onnx.predict(model_dir, paths, topk, batch_size)
+    return predict_onnx.predict(model_dir, paths, topk, batch_size, gpus)
 
 
 # ---------------------------------------------------------------- distrain export

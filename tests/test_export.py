@@ -123,13 +123,24 @@ def test_predict_from_onnx_export_never_imports_torch(exports, reference, tmp_pa
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         "assert not [m for m in sys.modules if m.startswith('torch') and sys.modules[m] is not None]\n")
     proc = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(exports["onnx"]),
-                           str(Path(paths[0]).parents[1]), "--topk", "2", "--output", str(out)],
+                           str(Path(paths[0]).parents[1]), "--topk", "2", "--output", str(out), "--gpus", "0"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == paths
     # PIL's resize instead of torch's (~0.01 grey levels apart): the same top-1 on every val image
     assert [r["class1"] for r in rows] == [ckpt["classes"][i] for i in want.argmax(1).tolist()]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--procs", "2"], "--procs 2 does not apply to --model"),
+    (["--gpus", "2"], "runs one onnxruntime session on one GPU; use --gpus 1"),
+    (["--gpus", "1"], "needs onnxruntime-gpu"),  # this machine's onnxruntime is the CPU build
+])
+def test_predict_from_an_export_takes_gpus_and_procs_as_meant(exports, reference, args, message):
+    proc = distrain("predict", "--model", exports["onnx"], reference[1][0], *args)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.all, proc.all
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_export_refuses_a_folder_that_is_not_empty(trained_checkpoint, tmp_path):
