@@ -7,6 +7,7 @@ import os
 import sys
 
 from distrib.config import ConfigError, RunConfig, write_run_config
+from distrib.hangs import hang_dir
 from launch import topology
 from launch.run_local import write_launch_record
 from slurm.sbatch import SbatchJob, activate_line, render_sbatch, validate_slurm_options
@@ -19,7 +20,8 @@ def job_for(cfg: RunConfig, plan: topology.Plan) -> SbatchJob:
         gpus_per_node=plan.procs_per_node if plan.device == "cuda" else 0, procs_per_node=plan.procs_per_node,
         python=sys.executable, activate=activate_line(dict(os.environ)),
         rank_argv=("-m", "distrib", "train", os.path.join(cfg.run_dir, "config.toml")),
-        max_restarts=cfg.max_restarts)
+        max_restarts=cfg.max_restarts,
+        env=tuple(topology.node_env(plan, None, hang_dir(cfg.run_dir), {}).items()))
 
 
 def launch(cfg: RunConfig, plan: topology.Plan, typed: list[str], dry_run: bool, out) -> int:

@@ -36,6 +36,7 @@ class SbatchJob:
     activate: str | None         # a shell line, e.g. "source /x/venv/bin/activate"; None if none
     rank_argv: tuple[str, ...]   # what each rank runs after the interpreter: ("-m", "distrib", "train", CFG)
     max_restarts: int            # torchrun restarts of a failed worker group
+    env: tuple[tuple[str, str], ...] = ()  # what each node's ranks get unless the job's environment has it
 
 
 # --time forms sbatch accepts: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
@@ -137,6 +138,8 @@ def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
         f"OMP_NUM_THREADS=$(( ${{SLURM_CPUS_ON_NODE:-1}} / {procs} ))",
         "export OMP_NUM_THREADS=$(( OMP_NUM_THREADS > 0 ? OMP_NUM_THREADS : 1 ))",
         "export PYTHONUNBUFFERED=1",
+        *(["# Flight Recorder: a collective that times out leaves a trace (a value of your own wins)"]
+          + [f'[ -n "${{{k}+x}}" ] || export {k}={shlex.quote(v)}' for k, v in job.env] if job.env else []),
         "",
         "# rendezvous on the first node, on a port derived from the job id (stable across requeues)",
         "# (sed, not head: head may close the pipe early, and pipefail would end the script)",

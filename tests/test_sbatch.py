@@ -27,12 +27,12 @@ WEIRD = "run dir 'sq' \"dq\" $(touch PWNED) `touch PWNED` ;touch PWNED; %j #h"
 
 
 def make(run_dir="/shared/runs/resnet50", gpus=8, procs=8, nodes=2, rank_argv=None, python="/opt/venv/bin/python",
-         activate=None, max_restarts=0, **cfg_kw):
+         activate=None, max_restarts=0, env=(), **cfg_kw):
     cfg = RunConfig(nodes=str(nodes), gpus=gpus, synthetic=True, run_dir=run_dir, **cfg_kw)
     job = SbatchJob(run_dir=run_dir, job_name="distrain-resnet50", nodes=nodes, gpus_per_node=gpus,
                     procs_per_node=procs, python=python, activate=activate,
                     rank_argv=tuple(rank_argv or ("-m", "distrib", "train", f"{run_dir}/config.toml")),
-                    max_restarts=max_restarts)
+                    max_restarts=max_restarts, env=env)
     validate_slurm_options(cfg)
     return cfg, job
 
@@ -266,8 +266,10 @@ def _env(path: Path) -> dict[str, str]:
 def test_torchrun_layout_runs_with_weird_paths(stubs):
     tmp_path, log, python, run_dir, env = stubs
     rank_argv = ("-m", "distrib", "train", f"{run_dir}/config.toml", "x\ny")
-    cfg, job = make(run_dir=str(run_dir), gpus=0, procs=2, python=str(python), rank_argv=rank_argv)
-    proc = _start(tmp_path, render_sbatch(cfg, job), env)
+    node_env = (("TORCH_FR_BUFFER_SIZE", "2000"), ("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", f"{run_dir}/logs/hang/nccl"),
+                ("TORCH_NCCL_DUMP_ON_TIMEOUT", "1"))
+    cfg, job = make(run_dir=str(run_dir), gpus=0, procs=2, python=str(python), rank_argv=rank_argv, env=node_env)
+    proc = _start(tmp_path, render_sbatch(cfg, job), {**env, "TORCH_NCCL_DUMP_ON_TIMEOUT": "0"})
     out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out
     assert not list(tmp_path.rglob("PWNED")), "a user value was run as shell code"
@@ -281,6 +283,10 @@ def test_torchrun_layout_runs_with_weird_paths(stubs):
     assert rank_env["DISTRAIN_STOP_FILE"] == f"{run_dir}/STOP"
     assert rank_env["OMP_NUM_THREADS"] == "4" and rank_env["SRUN_CPUS_PER_TASK"] == "8"
     assert rank_env["PYTHONUNBUFFERED"] == "1"
+    # distrain's Flight Recorder settings reach the ranks, a value of the job's own environment wins
+    assert rank_env["TORCH_FR_BUFFER_SIZE"] == "2000"
+    assert rank_env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == f"{run_dir}/logs/hang/nccl"
+    assert rank_env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "0"
     assert not (log / "requeued").exists()
 
 
