@@ -85,3 +85,13 @@ def trained_checkpoint(imagefolder, tmp_path_factory) -> Path:
     proc = distrain("train", "--device", "cpu", "--data", imagefolder, "--epochs", "2", "--run-dir", run_dir, *TINY)
     assert_ok(proc)
     return run_dir / "checkpoints" / "last.pt"
+
+
+# Under pytest-xdist (`-n 2`, the README's test command): tests that share one machine-wide resource run in
+# one worker, one after another: the SLURM cluster's two nodes, and the test hosts' network namespaces.
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slurm") or item.name.startswith("test_cluster_"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif item.module.__name__ == "test_network":
+            item.add_marker(pytest.mark.xdist_group("hosts"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -246,6 +247,28 @@ def test_loader_settings(data):
     assert loaders.train.drop_last and not loaders.val.drop_last
     assert (loaders.num_train, loaders.num_val) == (96, 29) and loaders.classes == check_dataset(str(data))
     assert len(loaders.train) == 96 // 8 and len(loaders.train_sampler) == 96
+
+
+LONG_TMPDIR_WORKERS = """
+import os, sys
+import torch
+from torch.utils.data import DataLoader
+from distrib.data import workers
+loader = DataLoader(list(range(8)), batch_size=4, num_workers=2, **workers.loader_options(2))
+assert [b.tolist() for b in loader] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+print(os.listdir(os.environ["TMPDIR"]))
+"""
+
+
+def test_loader_workers_start_under_a_long_tmpdir(tmp_path):
+    """Cluster jobs get TMPDIRs like /scratch/<user>/job-<id>/...: the fork server's socket path must still
+    fit AF_UNIX's 107 bytes, and nothing is left behind in TMPDIR."""
+    tmpdir = tmp_path / ("scratch-" + "x" * (100 - len(str(tmp_path))))
+    tmpdir.mkdir()
+    proc = subprocess.run([sys.executable, "-c", LONG_TMPDIR_WORKERS], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------- determinism

@@ -20,8 +20,11 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import multiprocessing.forkserver
+import multiprocessing.util
 import os
 import select
+import shutil
+import tempfile
 import threading
 import time
 
@@ -38,8 +41,26 @@ def start_server(workers: int) -> None:
     """Start this process's fork server now, if it will have loader workers (idempotent). Called
     before the rank imports torch, the server's imports overlap the rank's own."""
     if workers > 0 and available():
+        _short_socket_folder()
         multiprocessing.set_forkserver_preload(PRELOAD)
         multiprocessing.forkserver.ensure_running()
+
+
+SOCKET_PATH_MAX = 107  # bytes of an AF_UNIX socket path on Linux (sun_path, less its NUL)
+SOCKET_NAMES = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def _short_socket_folder() -> None:
+    """multiprocessing binds the fork server's socket (and the ones that pass file descriptors to workers)
+    at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX. Under a long TMPDIR (cluster jobs often get per-job scratch
+    paths) that fails with "AF_UNIX path too long"; the folder then goes to /tmp, removed at exit as usual.
+    (multiprocessing.util.get_temp_dir reads the folder from the process's _config: set it first.)"""
+    config = multiprocessing.current_process()._config
+    if config.get("tempdir") or len(tempfile.gettempdir()) + SOCKET_NAMES <= SOCKET_PATH_MAX:
+        return
+    folder = tempfile.mkdtemp(prefix="pymp-", dir="/tmp")
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(folder, True), exitpriority=-100)
+    config["tempdir"] = folder
 
 
 def loader_options(workers: int) -> dict:
