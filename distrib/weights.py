@@ -150,12 +150,6 @@ def class_layers(model: nn.Module) -> list[str]:
     return [layers[-1]] + [name for name in AUX_CLASSIFIERS if name in layers]
 
 
-def head_name(model: nn.Module) -> str | None:
-    """The classifier ("fc", "classifier.1", "heads.head"), or None for a model without one."""
-    layers = class_layers(model)
-    return layers[0] if layers else None
-
-
 def in_class_layers(param: str, layers: list[str]) -> bool:
     """Whether a parameter name ("fc.weight") belongs to one of the class layers."""
     return any(param.startswith(f"{layer}.") for layer in layers)
