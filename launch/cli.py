@@ -36,7 +36,7 @@ def _version(value: bool) -> None:
 
         v = versions()
         out.print(f"distrain {v['distrain']} (torch {v['torch']}, torchvision {v['torchvision']}, "
-                  f"python {v['python']})", markup=False, highlight=False)
+                  f"python {v['python']})", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(0)
 
 

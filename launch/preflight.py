@@ -298,7 +298,7 @@ def report(cfg: RunConfig, out, sample: int | None = None) -> int:
     try:
         cfg.validate()
     except ConfigError as e:
-        out.print(f"[red]options:[/] {e}")
+        out.print(f"[red]options:[/] {e}", soft_wrap=True)
         return 2
     table = Table(title="distrain check", show_lines=False)
     for col in ("check", "result", "detail", "fix"):

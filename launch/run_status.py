@@ -130,7 +130,7 @@ def show(run_dir: Path, out) -> None:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     log = newest_log(run_dir)
     if log:
-        out.print(f"--- {log}")
+        out.print(f"--- {log}", soft_wrap=True, markup=False)
         for line in tail(log):
             out.print(line, markup=False, highlight=False, soft_wrap=True)
 

@@ -84,7 +84,7 @@ def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], typed: list[s
     clear_failures(cfg.run_dir)
     run_dir.write_outcome(paths, "running")
     started = time.monotonic()
-    code, signalled = run(argv, env, paths.stop, say=lambda m: out.print(f"[yellow]{m}[/]"),
+    code, signalled = run(argv, env, paths.stop, say=lambda m: out.print(f"[yellow]{m}[/]", soft_wrap=True),
                           stderr_path=os.path.join(paths.logs, "torchrun.err"))
     stopped = os.path.exists(paths.stop)
     _remove(paths.stop)
