@@ -146,7 +146,7 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int, ticker: Tic
     amp_dtype = AMP_DTYPES[cfg.amp]
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     torch.backends.cudnn.benchmark = True  # what training does when unseeded
-    model = build_model(cfg.arch, num_classes, False, None, DistEnv()).to(dev, memory_format=fmt)
+    model = build_model(cfg.arch, num_classes, False, None).to(dev, memory_format=fmt)
     model.train()
     optimizer = build_optimizer(model, cfg, cfg.scaled_lr(1))
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.amp == "fp16")  # as training: fp16 needs loss scaling

@@ -14,11 +14,11 @@ import torch.nn as nn
 
 from distrib.data import to_device
 from distrib.process_group import all_reduce_sum
+from distrib.writer import PROGRESS_SECONDS
 
 log = logging.getLogger("distrain")
 
 
-PROGRESS_SECONDS = 30
 
 
 @torch.no_grad()
@@ -60,7 +60,8 @@ def main(checkpoint_path: str, cfg, as_json: bool, ema: bool = True) -> dict:
     from distrib import checkpoint
     from distrib.data import build_val_loader
     from distrib.env import DistEnv
-    from distrib.model import build_model
+    from distrib.model import from_checkpoint
+    from distrib.train import AMP_DTYPES, resolve_precision
     from distrib.process_group import pick_device, process_group
 
     env = DistEnv.from_environ()
@@ -69,11 +70,10 @@ def main(checkpoint_path: str, cfg, as_json: bool, ema: bool = True) -> dict:
     with process_group(env, device, cfg.dist_timeout):
         loader, classes = build_val_loader(cfg, env, pin_memory=device.type == "cuda")
         checkpoint.check_fits(ckpt, checkpoint_path, ckpt["arch"], classes, fix="or give its own dataset")
-        model = build_model(ckpt["arch"], len(classes), False, None, env)
-        model.load_state_dict(checkpoint.model_weights(ckpt, ema))
+        model = from_checkpoint(ckpt, ema)
         say = (lambda m: print(m, file=sys.stderr, flush=True)) if env.is_main else (lambda m: None)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
-        channels_last = bool(cfg.channels_last) and device.type == "cuda"
+        cfg = resolve_precision(cfg, device)  # training's precision, settled as training settles it
+        amp_dtype, channels_last = AMP_DTYPES[cfg.amp], cfg.channels_last
         model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         result = evaluate(model, loader, device, amp_dtype, channels_last, say=say)
     result = {k: result[k] for k in ("acc1", "acc5", "loss", "samples")}

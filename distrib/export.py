@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from distrib import checkpoint, weights
+from distrib import weights
+from distrib.model import from_checkpoint
 from distrib.preprocess import Preprocessing
 
 STATE_PREFIX = "net."   # the torchvision model's keys inside Normalized (distrib/weights.py strips it)
@@ -127,14 +128,13 @@ def check_images(paths: list[str], pre: Preprocessing) -> torch.Tensor:
     return torch.randint(0, 256, (CHECK_IMAGES, 3, pre.crop_size, pre.crop_size), dtype=torch.uint8, generator=g)
 
 
-def main(checkpoint_path: str, fmt: str, output: str, pre: Preprocessing, samples: list[str], say=print) -> dict:
-    """Write DIR (via a temporary sibling, so a failed export leaves nothing), check it, return model.json."""
+def main(ckpt: dict, checkpoint_path: str, fmt: str, output: str, pre: Preprocessing, samples: list[str],
+         say=print) -> dict:
+    """Write DIR (via a temporary sibling, so a failed export leaves nothing), check it, return model.json.
+    ckpt: the checkpoint at checkpoint_path, already loaded (checkpoint.load)."""
     kind = FORMATS[fmt]
-    ckpt = checkpoint.load(checkpoint_path)
     classes = list(ckpt["classes"])
-    net = weights.scratch(ckpt["arch"], len(classes))
-    net.load_state_dict(checkpoint.model_weights(ckpt))  # the EMA's when the run kept one
-    model = Normalized(net, pre).eval()
+    model = Normalized(from_checkpoint(ckpt), pre).eval()  # the EMA's weights when the run kept one
     meta = {
         "format": fmt, "file": kind.file, "arch": ckpt["arch"], "num_classes": len(classes), "classes": classes,
         "input": {"name": "images", "layout": "NCHW", "channels": "RGB",

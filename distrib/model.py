@@ -31,7 +31,7 @@ def training_loss(output, loss_of):
     return loss_of(logits) + weight * sum(loss_of(a) for a in aux if a is not None)
 
 
-def build_model(arch: str, num_classes: int, pretrained: bool, weights_path: str | None, env: DistEnv,
+def build_model(arch: str, num_classes: int, pretrained: bool, weights_path: str | None,
                 freeze_backbone: bool = False) -> nn.Module:
     """torchvision.models.get_model, from torchvision's weights (--pretrained), a weights file (--weights,
     any layout distrib/weights.py reads) or scratch; the classifier is replaced only if the class count
@@ -55,6 +55,15 @@ def _pretrained_from_cache(arch: str) -> nn.Module:
         raise ConfigError(f"--pretrained: {os.path.basename(path)} is not in the torch hub cache ({path}) on "
                           f"this node; fetch {url} into that folder, or launch where the launcher can download it")
     return torchvision.models.get_model(arch, weights="DEFAULT")  # found in the cache: no download
+
+
+def from_checkpoint(ckpt: dict, ema: bool = True) -> nn.Module:
+    """The model a distrain checkpoint holds: the EMA's weights when the run kept one (unless ema=False)."""
+    from distrib import checkpoint
+
+    model = weights.scratch(ckpt["arch"], len(ckpt["classes"]))
+    model.load_state_dict(checkpoint.model_weights(ckpt, ema))
+    return model
 
 
 def freeze_all_but_head(model: nn.Module) -> None:
@@ -100,14 +109,3 @@ def wrap_model(model: nn.Module, strategy: str, device: torch.device, env: DistE
         # (--freeze-backbone: DDP registers only parameters that need a gradient, so the frozen backbone is
         # outside its buckets and the graph stays static; no find_unused_parameters needed)
     )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model without DDP/DataParallel/compile wrappers: what checkpoints store."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model

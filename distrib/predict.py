@@ -57,16 +57,14 @@ def collate(items: list) -> tuple[Batch, list[Failed]]:
 
 @torch.no_grad()
 def main(checkpoint_path: str, topk: int, cfg) -> None:
-    from distrib.model import build_model
+    from distrib.model import from_checkpoint
     from distrib.process_group import pick_device
 
     env = DistEnv.from_environ()
     device = pick_device(env, cfg.device)
     ckpt = checkpoint.load(checkpoint_path)
     classes = list(ckpt["classes"])
-    model = build_model(ckpt["arch"], len(classes), False, None, env)
-    model.load_state_dict(checkpoint.model_weights(ckpt))  # the EMA's when the run kept one
-    model.to(device).eval()
+    model = from_checkpoint(ckpt).to(device).eval()
 
     paths = RunPaths(cfg.run_dir)
     with open(paths.predict_inputs) as fh:

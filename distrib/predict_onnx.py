@@ -65,10 +65,11 @@ def providers(gpus: int | None) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def predict(folder: str, paths: list[str], topk: int, batch_size: int, gpus: int | None = None) -> list[dict]:
+def predict(folder: str, meta: dict, paths: list[str], topk: int, batch_size: int,
+            gpus: int | None = None) -> list[dict]:
+    """meta: the export's model.json (read_export)."""
     import onnxruntime
 
-    meta = read_export(folder)
     pre = Preprocessing.from_dict(meta["preprocessing"])
     session = onnxruntime.InferenceSession(os.path.join(folder, meta["file"]), providers=providers(gpus))
     rows: list[dict] = []

@@ -93,7 +93,7 @@ class Loop:
 def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest, heartbeat: Heartbeat) -> str:
     seed_everything(cfg.seed)
     loaders = build_loaders(cfg, env, pin_memory=device.type == "cuda")
-    model = build_model(cfg.arch, len(loaders.classes), cfg.pretrained, cfg.weights, env,
+    model = build_model(cfg.arch, len(loaders.classes), cfg.pretrained, cfg.weights,
                         freeze_backbone=cfg.freeze_backbone).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

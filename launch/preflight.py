@@ -56,23 +56,28 @@ def check_data(cfg: RunConfig, build: bool = True, name_hidden: bool = False) ->
     return Check("data", True, detail)
 
 
-def check_batch_fits(cfg: RunConfig, plan: topology.Plan) -> Check | None:
+def check_batch_fits(cfg: RunConfig, plan: topology.Plan, here: bool = True) -> Check | None:
     """Every process needs one whole batch of training images per epoch: the index's count, or (dry run,
     no index yet) a count that stops once there are enough, a few directory reads on a large tree."""
     if cfg.synthetic or not cfg.data or formats.format_of(cfg) != "folder":
         return None  # shards: the rank checks it against the index; synthetic data always fills a batch
     need = cfg.batch_size * plan.min_nodes * plan.procs_per_node
-    from distrib.data import index
-
-    built = index.load(cfg.data, cfg.val_split)  # check_data built it unless this is a dry run: no listing
-    have = built.meta["splits"]["train"]["count"] if built else count_images(os.path.join(cfg.data, "train"),
-                                                                              stop_at=need)
+    have = _indexed_train_images(cfg) if here else None  # check_data built the index: no listing
+    if have is None:
+        have = count_images(os.path.join(cfg.data, "train"), stop_at=need)
     if have >= need:
         return None
     most = max(1, have // (plan.min_nodes * plan.procs_per_node))
     return Check("batch", False, f"{have} training images cannot fill one batch of {cfg.batch_size} on each of "
                  f"{plan.min_nodes * plan.procs_per_node} process(es)",
                  f"use --batch-size {most} or less, or fewer processes")
+
+
+def _indexed_train_images(cfg: RunConfig) -> int | None:
+    from distrib.data import index  # numpy: only where the index exists
+
+    built = index.load(cfg.data, cfg.val_split)
+    return built.meta["splits"]["train"]["count"] if built else None
 
 
 def check_gpus(cfg: RunConfig, plan: topology.Plan, gpus_here: int) -> Check:
@@ -221,7 +226,7 @@ def cheap_checks(cfg: RunConfig, plan: topology.Plan | None, here: bool = True) 
     if plan is not None:
         checks += [check_gpus(cfg, plan, topology.visible_gpus()), check_rendezvous(cfg, plan)]
         if checks[0].ok:
-            checks.append(check_batch_fits(cfg, plan))
+            checks.append(check_batch_fits(cfg, plan, here))
     return [c for c in checks if c is not None and not c.ok]
 
 

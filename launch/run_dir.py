@@ -18,7 +18,7 @@ import shutil
 import socket
 import time
 
-from distrib.config import ConfigError, RunConfig, load_toml
+from distrib.config import ConfigError, RunConfig, read_run_config
 from distrib.paths import RunPaths
 
 FRESH, RESUME, COMPLETE = "fresh", "resume", "complete"
@@ -75,7 +75,7 @@ def recorded_config(paths: RunPaths) -> RunConfig | None:
     if not os.path.isfile(paths.config):
         return None
     try:
-        return RunConfig(**load_toml(paths.config))
+        return read_run_config(paths.config)
     except (ConfigError, TypeError):
         return None  # written by another version: nothing to compare with
 

@@ -254,7 +254,7 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
     cfg = RunConfig(data=cli["data"], arch=record.arch, image_size=pre.crop_size, val_crop_size=pre.crop_size,
                     val_resize_size=pre.resize_size, batch_size=cli.get("batch_size", trained.get("batch_size", 64)),
                     workers=workers, gpus=gpus, procs=procs, resume="never", run_dir="eval",
-                    amp=trained.get("amp", "off") if gpus else "off", channels_last=bool(trained.get("channels_last")),
+                    amp=trained.get("amp", "off") if gpus else "off", channels_last=trained.get("channels_last"),
                     val_split=trained.get("val_split"), seed=trained.get("seed"),
                     device="cpu" if gpus == 0 else "cuda").validate()
     args = [str(checkpoint)] + (["--json"] if as_json else []) + ([] if ema else ["--no-ema"])

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from distrib.config import ConfigError, RunConfig, write_run_config
 from distrib import data as formats
@@ -34,6 +34,7 @@ class ModelRecord:
     classes: list[str]
     preprocessing: Preprocessing
     config: dict  # the run's options as trained (batch size, precision, ...)
+    checkpoint: dict | None = field(default=None, repr=False)  # the loaded file, for export
 
 
 def read_checkpoint(path) -> ModelRecord:
@@ -47,7 +48,7 @@ def read_checkpoint(path) -> ModelRecord:
                           "names or preprocessing); give RUN_DIR/checkpoints/best.pt or last.pt, or fine-tune "
                           "from it with `distrain launch --weights`")
     pre = Preprocessing.of_checkpoint(ckpt) or Preprocessing.from_config(RunConfig(synthetic=True))
-    return ModelRecord(path, ckpt["arch"], list(ckpt["classes"]), pre, dict(ckpt.get("config") or {}))
+    return ModelRecord(path, ckpt["arch"], list(ckpt["classes"]), pre, dict(ckpt.get("config") or {}), ckpt)
 
 
 def settle_preprocessing(record: ModelRecord, cli: dict, warn) -> Preprocessing:
@@ -199,7 +200,7 @@ def _predict_onnx(model_dir: str, paths: list[str], topk: int, batch_size: int, 
                           "drop --procs")
     if importlib.util.find_spec("onnxruntime") is None:
         raise ConfigError("predict --model needs onnxruntime: pip install \"distrain[onnx]\"")
-    return predict_onnx.predict(model_dir, paths, topk, batch_size, gpus)
+    return predict_onnx.predict(model_dir, meta, paths, topk, batch_size, gpus)
 
 
 # ---------------------------------------------------------------- distrain export
@@ -228,7 +229,7 @@ def export(checkpoint, fmt: str, output, samples: list[str], cli: dict, out, war
 
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     try:
-        exporter.main(str(checkpoint), fmt, output, pre, sample_paths,
+        exporter.main(record.checkpoint, str(checkpoint), fmt, output, pre, sample_paths,
                       say=lambda m: out.print(m, soft_wrap=True, markup=False, highlight=False))
     except exporter.ExportMismatch as e:
         out.print(f"[red]export failed[/]: {e}", soft_wrap=True)

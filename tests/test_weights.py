@@ -16,7 +16,6 @@ from conftest import TINY, assert_ok, distrain
 from distrib import weights
 from distrib.checkpoint import UnusableCheckpoint
 from distrib.config import RunConfig
-from distrib.env import DistEnv
 from distrib.model import build_model, training_loss
 from distrib.param_groups import param_groups
 
@@ -77,7 +76,7 @@ def test_every_layout_fine_tunes(layout, tmp_path):
     state = resnet18_state()
     path = tmp_path / layout
     LAYOUTS[layout](state, path)
-    model = build_model("resnet18", 4, False, str(path), DistEnv())
+    model = build_model("resnet18", 4, False, str(path))
     got = model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in state.items() if not k.startswith("fc."))
     assert model.fc.out_features == 4  # 1000 -> 4: a new head
@@ -93,7 +92,7 @@ def test_every_layout_fine_tunes(layout, tmp_path):
 def test_head_is_kept_when_the_class_count_is_the_same(tmp_path):
     state = resnet18_state(num_classes=4)
     torch.save(state, tmp_path / "w.pt")
-    model = build_model("resnet18", 4, False, str(tmp_path / "w.pt"), DistEnv())
+    model = build_model("resnet18", 4, False, str(tmp_path / "w.pt"))
     assert torch.equal(model.fc.weight, state["fc.weight"])
 
 
@@ -125,7 +124,7 @@ def test_head_lr_mult_and_frozen_parameters_in_the_optimizer_groups():
         assert len(in_head) == 1 and g["lr"] == pytest.approx(1.0 if in_head.pop() else 0.1)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert groups[0]["lr"] == 0.1 and groups[0]["weight_decay"] == cfg.weight_decay  # backbone first
-    frozen = build_model("resnet18", 4, False, None, DistEnv(), freeze_backbone=True)
+    frozen = build_model("resnet18", 4, False, None, freeze_backbone=True)
     groups = param_groups(frozen, replace(cfg, head_lr_mult=1), lr=0.1)
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in frozen.fc.parameters()}
 
@@ -190,7 +189,7 @@ def test_every_class_layer_is_replaced_for_fine_tuning(arch, tmp_path):
         assert model.get_submodule(name).weight.shape[0] == 4
     # the fine-tuned file (every class layer at 4 rows) fits the arch again: eval, predict, --weights
     assert weights.fit(model.state_dict(), arch).ok
-    frozen = build_model(arch, 4, False, None, DistEnv(), freeze_backbone=True)
+    frozen = build_model(arch, 4, False, None, freeze_backbone=True)
     trained = {name.rpartition(".")[0] for name, p in frozen.named_parameters() if p.requires_grad}
     assert trained == set(CLASS_LAYERS[arch])
 
@@ -198,7 +197,7 @@ def test_every_class_layer_is_replaced_for_fine_tuning(arch, tmp_path):
 def test_auxiliary_classifiers_add_their_weighted_losses():
     """googlenet returns (logits, aux2, aux1) in training mode: the training loss (distrib/train.py and
     bench) is the classifier's loss + 0.3 x each auxiliary one, and every class layer gets a gradient."""
-    model = build_model("googlenet", 4, False, None, DistEnv()).train()
+    model = build_model("googlenet", 4, False, None).train()
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 3])
     output = model(images)
     loss = training_loss(output, lambda logits: F.cross_entropy(logits, labels))

@@ -66,7 +66,7 @@ class EncodedBatch(NamedTuple):
     decoded: torch.Tensor    # K x 3 x S x S uint8: samples the workers decoded (not device-decodable)
     decoded_labels: list[int]
     skipped: list[str]       # "PATH: reason", as in Batch.skipped
-    augs: list = []          # recipe.augment.Params (or None) of each device-decoded sample
+    augs: list               # recipe.augment.Params (or None) of each device-decoded sample
 
 
 def device_decodable(img) -> bool:
@@ -157,9 +157,8 @@ def decode_batch(batch: EncodedBatch, device: torch.device, size: int) -> Batch:
     """The Batch the worker path would have made (device-decoded samples first), images on `device`."""
     chunks = list(torch.split(batch.data, batch.sizes)) if batch.sizes else []
     crops, labels, skipped = [], [], list(batch.skipped)
-    augs = batch.augs or [None] * len(batch.boxes)
     for pixels, box, flip, label, path, aug in zip(decode_all(chunks, device), batch.boxes, batch.flips,
-                                                   batch.labels, batch.paths, augs):
+                                                   batch.labels, batch.paths, batch.augs):
         if isinstance(pixels, Exception):
             skipped.append(f"{path}: {skip_reason(path, pixels)}")
             continue
