@@ -38,8 +38,8 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from distrib.config import RunConfig  # noqa: E402
-from distrib.data import build_loaders, to_device  # noqa: E402
-from distrib.env import DistEnv  # noqa: E402
+from distrib.data.loaders import build_loaders, to_device  # noqa: E402
+from distrib.runtime.env import DistEnv  # noqa: E402
 
 CASES = {"500x375": ((500, 375), False), "2048x1536": ((2048, 1536), False),  # name -> JPEG size, augmented
          "500x375 ta-wide+erase": ((500, 375), True)}

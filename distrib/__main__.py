@@ -10,9 +10,9 @@ The run's config.toml is always the last argument; failures are recorded in its 
 import os
 import sys
 
-from distrib.data import workers
 from distrib.config import ConfigError, read_run_config
-from distrib.failure import reported_failures
+from distrib.data import workers
+from distrib.runtime.failure import reported_failures
 
 BAD_INPUT_EXIT = 2
 
@@ -41,14 +41,14 @@ def run(argv: list[str]) -> int:
     if argv[:1] == ["eval"] and len(argv) in (3, 4, 5):
         cfg = read_run_config(argv[-1])
         workers.start_server(cfg.workers)  # before torch is imported here
-        from distrib import evaluate
+        from distrib.tools import evaluate
 
         evaluate.main(argv[1], cfg, as_json="--json" in argv[2:-1], ema="--no-ema" not in argv[2:-1])
         return 0
     if argv[:1] == ["predict"] and len(argv) == 4:
         cfg = read_run_config(argv[-1])
         workers.start_server(cfg.workers)  # before torch is imported here
-        from distrib import predict
+        from distrib.tools import predict
 
         predict.main(argv[1], int(argv[2]), cfg)
         return 0

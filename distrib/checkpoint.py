@@ -20,7 +20,6 @@ import torch
 
 from distrib.config import ConfigError
 
-
 LOW_SPACE_BYTES = 64 * 2**20
 log = logging.getLogger("distrain")
 
@@ -192,7 +191,7 @@ class Checkpointer:
 
     def save(self, state, best: bool) -> None:
         from distrib.preprocess import Preprocessing
-        from distrib.process_group import barrier
+        from distrib.runtime.process_group import barrier
 
         if self.env.is_main:
             ckpt = {**state.state_dict(), "arch": self.cfg.arch, "num_classes": len(self.classes),

@@ -12,7 +12,7 @@ import torchvision
 
 from distrib import weights
 from distrib.config import ConfigError
-from distrib.env import DistEnv
+from distrib.runtime.env import DistEnv
 
 log = logging.getLogger("distrain")
 

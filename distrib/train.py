@@ -20,33 +20,21 @@ import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from distrib.checkpoint import Checkpointer
-from distrib.config import ConfigError, RunConfig
-from distrib.data import build_loaders, to_device
-from distrib.env import DistEnv
-from distrib.evaluate import evaluate
+from distrib.config import ConfigError, RunConfig, recipes
+from distrib.data.loaders import build_loaders, to_device
+from distrib.metrics import setup_logging, writer_for
 from distrib.model import build_model, training_loss, wrap_model
-from distrib.process_group import all_reduce_sum, pick_device, process_group
-from distrib.recipe import recipes
+from distrib.precision import AMP_DTYPES, resolve_precision
 from distrib.recipe.ema import adjusted_decay
 from distrib.recipe.mix import Mixer, soft_cross_entropy
+from distrib.runtime.env import DistEnv
+from distrib.runtime.process_group import all_reduce_sum, pick_device, process_group
+from distrib.runtime.stop import StopRequest
+from distrib.runtime.watchdog import Heartbeat
 from distrib.state import TrainState
-from distrib.stop import StopRequest
-from distrib.watchdog import Heartbeat
-from distrib.writer import setup_logging, writer_for
+from distrib.validation import evaluate
 
 log = logging.getLogger("distrain")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
-
-
-def resolve_precision(cfg: RunConfig, device: torch.device) -> RunConfig:
-    """Settle the "auto" defaults for this device: bf16 and channels_last on GPUs, plain fp32 on CPU
-    (where bf16 autocast is slower without AMX, and channels_last gains nothing)."""
-    cuda = device.type == "cuda"
-    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if cuda and torch.cuda.is_bf16_supported() else "off")
-    channels_last = cuda if cfg.channels_last is None else cfg.channels_last
-    return dataclasses.replace(cfg, amp=amp, channels_last=channels_last)
-
-
 @record  # writes the rank's traceback where torchrun shows it in the failure summary
 def main(cfg: RunConfig) -> str:
     """Train to the end ('done') or to a stop request ('stopped')."""

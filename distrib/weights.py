@@ -24,7 +24,7 @@ import torchvision
 
 from distrib.checkpoint import UnusableCheckpoint, load
 from distrib.config import ConfigError
-from distrib.export_dir import read_model_json
+from distrib.export_format import read_model_json
 
 log = logging.getLogger("distrain")
 
@@ -72,7 +72,7 @@ def _read_safetensors(path: str) -> dict:
 
 
 def _read_torch_export(path: str) -> dict:
-    from distrib.export import STATE_PREFIX
+    from distrib.export_format import STATE_PREFIX
 
     try:
         program = torch.export.load(path)

@@ -11,7 +11,15 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from distrib.config import RUNTIME, SLURM, TOPOLOGY, TRAINING, ConfigError, RunConfig, resolve
+from distrib.config import (
+    RUNTIME,
+    SLURM,
+    TOPOLOGY,
+    TRAINING,
+    ConfigError,
+    RunConfig,
+    resolve,
+)
 from launch import archs
 from launch.options import command_line, run_options
 
@@ -140,10 +148,10 @@ def predict(cli: dict,
                                                rich_help_panel=TOPOLOGY),
             procs: int = typer.Option(1, "--procs", help="CPU processes (with --gpus 0).", rich_help_panel=TOPOLOGY)):
     """Top-k classes and probabilities per image, in input order; an unreadable image is a row with an error."""
-    from launch import use_model
+    from launch import model_tools
 
     try:
-        code = use_model.predict(inputs, checkpoint, model, topk, output, cli, gpus, procs, out=out, warn=warn)
+        code = model_tools.predict(inputs, checkpoint, model, topk, output, cli, gpus, procs, out=out, warn=warn)
     except ConfigError as e:
         raise fail(str(e)) from None
     raise typer.Exit(code)
@@ -161,12 +169,12 @@ def export_model(cli: dict,
                                                             "(files, folders, @LIST.txt; up to 64 used); default: "
                                                             "random pixels.")):
     """A model file for another runtime, with model.json (classes, preprocessing, source sha256), checked."""
-    from launch import use_model
+    from launch import model_tools
 
     try:
-        if fmt not in use_model.EXPORT_FORMATS:
-            raise ConfigError(f"--format {fmt!r} is not one of {', '.join(use_model.EXPORT_FORMATS)}")
-        code = use_model.export(checkpoint, fmt, output, sample or [], cli, out=out, warn=warn)
+        if fmt not in model_tools.EXPORT_FORMATS:
+            raise ConfigError(f"--format {fmt!r} is not one of {', '.join(model_tools.EXPORT_FORMATS)}")
+        code = model_tools.export(checkpoint, fmt, output, sample or [], cli, out=out, warn=warn)
     except ConfigError as e:
         raise fail(str(e)) from None
     raise typer.Exit(code)
@@ -226,7 +234,9 @@ def bench(cli: dict,
         if "workers" not in cli:
             cfg["workers"] = None  # bench's default: capped by the cores
         archs.check_arch(cfg["arch"], None if loader_only else cfg["image_size"])
-        from distrib import bench as b  # torch-free until it measures: b.run checks its arguments first
+        from distrib.tools import (
+            bench as b,  # torch-free until it measures: b.run checks its arguments first
+        )
 
         result = b.run(loader_only=loader_only, steps=steps, seconds=seconds, **cfg,
                        say=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
@@ -274,7 +284,7 @@ def index_command(data: Path = typer.Argument(..., help="ImageFolder root."),
 @app.command()
 def recipes(name: Optional[str] = typer.Argument(None, help="One recipe (default: all).")):
     """Named training recipes (--recipe NAME): every option each sets, and where its value comes from."""
-    from distrib.recipe import recipes as r
+    from distrib.config import recipes as r
 
     if name is not None and name not in r.RECIPES:
         raise fail(f"no recipe {name!r}; the recipes are {', '.join(r.RECIPES)}")
@@ -288,7 +298,7 @@ def recipes(name: Optional[str] = typer.Argument(None, help="One recipe (default
 @app.command()
 def status(run_dir: Path = typer.Argument(..., help="Run directory.")):
     """Job state, last finished epoch, best accuracy and the log's tail of a run."""
-    from launch import run_status
+    from launch import status as run_status
 
     try:
         run_status.show(run_dir, out=out)

@@ -9,9 +9,9 @@ from distrib.config import RunConfig
 
 
 def pack(data: str, output: str, shard_size: str, procs: int, out) -> int:
-    from launch.preflight import _progress
     from distrib.data import layout
     from distrib.data import pack as packer
+    from launch.preflight import _progress
 
     layout.splits(data, 1.0 if not os.path.isdir(os.path.join(data, "val")) else None)  # one-line errors first
     shard_bytes = packer.parse_size(shard_size)

@@ -23,8 +23,6 @@ import subprocess
 from dataclasses import dataclass
 
 
-
-
 @dataclass(frozen=True)
 class NodeNet:
     """How this node takes part in a c10d rendezvous at `endpoint_host`."""

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from distrib.config import ConfigError, RunConfig
-from distrib import data as formats
+from distrib.data import formats
 from distrib.data.layout import count_images
 from launch import network, topology
 
@@ -269,7 +269,13 @@ def check_images(cfg: RunConfig, sample: int | None = None, out=None) -> Check:
 def _progress(out, label: str):
     """progress(done, total) for a long scan: a live bar with ETA on a terminal, else a line every 10 s."""
     if out is not None and out.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=out, transient=True) as bar:

@@ -88,8 +88,8 @@ class RankFailure:
 
 
 def rank_failure(run_dir: str) -> RankFailure | None:
-    """The failing rank's record (distrib/failure.py) under RUN_DIR/logs/, or None if none wrote one."""
-    from distrib.failure import first_failure
+    """The failing rank's record (distrib/runtime/failure.py) under RUN_DIR/logs/, or None if none wrote one."""
+    from distrib.runtime.failure import first_failure
 
     entry = first_failure(run_dir)
     if entry is None:

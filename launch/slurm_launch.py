@@ -7,7 +7,7 @@ import os
 import sys
 
 from distrib.config import ConfigError, RunConfig, write_run_config
-from distrib.hangs import hang_dir
+from distrib.runtime.hangs import hang_dir
 from launch import topology
 from launch.run_local import write_launch_record
 from slurm.sbatch import SbatchJob, activate_line, render_sbatch, validate_slurm_options

@@ -6,16 +6,14 @@ import os
 import shlex
 import subprocess
 import sys
-
 import time
 
+from distrib.config import ConfigError, RunConfig, recipes, write_run_config
 from distrib.data import workers
-from distrib.config import ConfigError, RunConfig, write_run_config
-from distrib import hangs
-from distrib.failure import clear as clear_failures
 from distrib.paths import RunPaths
-from distrib.recipe import recipes
-from launch import network, preflight, run_dir, run_status, topology
+from distrib.runtime import hangs
+from distrib.runtime.failure import clear as clear_failures
+from launch import network, preflight, run_dir, status, topology
 from launch.run_local import rank_failure, run, write_launch_record
 
 STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command resumes
@@ -64,7 +62,7 @@ def say_complete(cfg: RunConfig, out) -> int:
     """A finished run launched again: say so, with its summary; nothing is started."""
     out.print(f"[green]run complete[/]: {cfg.run_dir} has trained all {cfg.epochs} epoch(s); nothing to do "
               "(raise --epochs to train on, or --overwrite to start again).", soft_wrap=True)
-    for line in run_status.summary(cfg.run_dir, cfg.data):
+    for line in status.summary(cfg.run_dir, cfg.data):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
@@ -115,12 +113,12 @@ def finish(cfg: RunConfig, code: int, stopped_by: str | None, seconds: float, ty
             err_print(f"[bold red]error:[/] {failure.message}")
             return 2
         out.print(f"[red]run failed[/]: {failure}", soft_wrap=True, highlight=False)
-        for line in hangs.describe(cfg.run_dir):  # a hang's explanation and the stacks (distrib/hangs.py)
+        for line in hangs.describe(cfg.run_dir):  # a hang's explanation and the stacks (distrib/runtime/hangs.py)
             out.print(line, soft_wrap=True, markup=False, highlight=False)
         return 1
     run_dir.write_outcome(paths, "finished", wall_seconds=wall)
     out.print(f"[green]run finished[/]: {cfg.run_dir}", soft_wrap=True)
-    for line in run_status.summary(cfg.run_dir, cfg.data):
+    for line in status.summary(cfg.run_dir, cfg.data):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
@@ -237,18 +235,18 @@ def train_in_place(cfg: RunConfig, typed: list[str], out, warn) -> int:
 
 def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, ema: bool = True) -> int:
     """`distrain eval`: the checkpoint's own preprocessing and classes, on 1 process or P through torchrun."""
-    from launch import use_model
+    from launch import model_tools
 
     if not cli.get("data"):
         raise ConfigError("eval needs --data DIR (the ImageFolder root whose val/ to score)")
-    gpus = use_model.check_gpus(gpus)
+    gpus = model_tools.check_gpus(gpus)
     if gpus == 0 and procs < 1:
         raise ConfigError(f"--procs {procs} must be at least 1")
     nprocs = gpus if gpus > 0 else procs
-    record = use_model.read_checkpoint(checkpoint)
-    use_model.check_classes(record, cli["data"])
-    pre = use_model.settle_preprocessing(record, cli, warn)
-    workers = cli.get("workers", use_model.max_workers(nprocs))
+    record = model_tools.read_checkpoint(checkpoint)
+    model_tools.check_classes(record, cli["data"])
+    pre = model_tools.settle_preprocessing(record, cli, warn)
+    workers = cli.get("workers", model_tools.max_workers(nprocs))
     # Training's own batch size and precision by default: the figures then match its metrics row exactly.
     trained = record.config
     cfg = RunConfig(data=cli["data"], arch=record.arch, image_size=pre.crop_size, val_crop_size=pre.crop_size,
@@ -258,4 +256,4 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
                     val_split=trained.get("val_split"), seed=trained.get("seed"),
                     device="cpu" if gpus == 0 else "cuda").validate()
     args = [str(checkpoint)] + (["--json"] if as_json else []) + ([] if ema else ["--no-ema"])
-    return use_model.run_tool("eval", cfg, args, nprocs, out)
+    return model_tools.run_tool("eval", cfg, args, nprocs, out)

@@ -154,7 +154,7 @@ def node_env(plan: Plan, node: NodeRole | None, hang_dir: str, environ: dict) ->
     if plan.mode == "c10d":
         # With the agents' shared store, a node that joins a later round (elastic scale-up: a lost node
         # coming back) waits forever for the store address the old rank-0 agent never republishes
-        # (torch 2.14); unshared, rank 0's worker hosts a fresh store every round (distrib/process_group.py).
+        # (torch 2.14); unshared, rank 0's worker hosts a fresh store every round (distrib/runtime/process_group.py).
         env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     if plan.device == "cuda":  # NCCL writes its own trace from its watchdog when a collective times out
         env |= {"TORCH_NCCL_DUMP_ON_TIMEOUT": "1",

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from distrib.bench import describe, run
-from distrib.bench_window import Ticker
-from distrib.config import ConfigError
 from imagefolder import make_imagefolder
+
+from distrib.config import ConfigError
+from distrib.tools.bench import describe, run
+from distrib.tools.bench_loader import Ticker
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--steps", "3", "--seconds", "1",

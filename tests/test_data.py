@@ -23,9 +23,12 @@ from torchvision.transforms import functional as TF
 
 from distrib.data import images
 from distrib.config import ConfigError, RunConfig
-from distrib.data import (Batch, Collate, FolderDataset, Skipped, SyntheticDataset, TrainSampler, ValSampler,
+from distrib.data.datasets import Batch, Skipped, SyntheticDataset
+from distrib.data.loaders import Collate
+from distrib.data.datasets import FolderDataset
+from distrib.data.samplers import TrainSampler, ValSampler
                           build_loaders, check_dataset, to_device)
-from distrib.env import DistEnv
+from distrib.runtime.env import DistEnv
 from imagefolder import class_image, corrupt_file, make_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,15 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_ok, distrain, metrics
+from imagefolder import class_image, corrupt_file, make_imagefolder
 from PIL import Image
 
-from conftest import assert_ok, distrain, metrics
-from distrib.data import images
 from distrib.config import RunConfig
-from distrib.data import FolderDataset, build_loaders, sample_rng, to_device
-from distrib.data.device_decode import CollateEncoded, Encoded, EncodedDataset, decode_batch
-from distrib.env import DistEnv
-from imagefolder import class_image, corrupt_file, make_imagefolder
+from distrib.data import images
+from distrib.data.datasets import FolderDataset, sample_rng
+from distrib.data.device_decode import (
+    CollateEncoded,
+    Encoded,
+    EncodedDataset,
+    decode_batch,
+)
+from distrib.data.loaders import build_loaders, to_device
+from distrib.runtime.env import DistEnv
 
 CPU = torch.device("cpu")
 

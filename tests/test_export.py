@@ -152,7 +152,7 @@ def test_export_refuses_a_folder_that_is_not_empty(trained_checkpoint, tmp_path)
 
 
 def test_cli_format_list_is_distrib_export_formats():
-    from distrib.export import FORMATS as DISTRIB_FORMATS
-    from launch.use_model import EXPORT_FORMATS
+    from distrib.tools.export import FORMATS as DISTRIB_FORMATS
+    from launch.model_tools import EXPORT_FORMATS
 
     assert tuple(DISTRIB_FORMATS) == EXPORT_FORMATS

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, assert_ok, distrain, metrics, rank_pids
 
 VAL_IMAGES = 29

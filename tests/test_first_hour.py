@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, assert_ok, distrain, metrics
 from imagefolder import make_imagefolder
 

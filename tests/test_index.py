@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import distrain
+from imagefolder import class_image, make_imagefolder
+
 from distrib.config import ConfigError, RunConfig
 from distrib.data import index
 from distrib.data.folder import FolderSource
-from imagefolder import class_image, make_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ LISTINGS = textwrap.dedent("""
     from distrib.config import RunConfig
     from distrib.data import index
     from distrib.data.loaders import build_loaders
-    from distrib.env import DistEnv
+    from distrib.runtime.env import DistEnv
     root = sys.argv[1]
     if sys.argv[2] == "fresh":
         index.ensure(root)
@@ -149,7 +149,7 @@ def test_val_split_on_a_train_only_folder(data, tmp_path):
     proc = distrain("train", "--data", data, "--run-dir", tmp_path / "r", "--epochs", "1")
     assert proc.returncode == 2 and "pass --val-split 0.1" in proc.stderr and "Traceback" not in proc.all
     from distrib.data.loaders import build_loaders
-    from distrib.env import DistEnv
+    from distrib.runtime.env import DistEnv
 
     cfg = RunConfig(data=str(data), val_split=0.34, image_size=16, batch_size=2, workers=0, seed=3)
     counts = set()

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, distrain, metrics, rank_pids
 from netns import NetHosts, unavailable
 

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_ok, distrain, metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,15 +18,15 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision.transforms.autoaugment as tv_aa
+from conftest import TINY, assert_ok, distrain, metrics
+from distrib.recipe.ra_sampler import RASampler
+from imagefolder import make_imagefolder
 from torchvision.transforms import InterpolationMode
 
-from conftest import TINY, assert_ok, distrain, metrics
 from distrib.config import ConfigError, RunConfig, resolve
 from distrib.recipe import augment, mix
 from distrib.recipe.augment import Augment, Params
 from distrib.recipe.ema import ModelEMA, adjusted_decay
-from distrib.recipe.ra_sampler import RASampler
-from imagefolder import make_imagefolder
 
 CHI2_DF13_P001 = 34.53  # chi-square critical value, 13 degrees of freedom, p = 0.001
 
@@ -129,8 +129,8 @@ def test_random_erasing_fills_the_box_with_the_mean_colour():
 
 def test_worker_and_device_decode_paths_give_the_same_augmented_images(tmp_path):
     """Same draws, same ops: where both decode at full size (here), the very same pixels."""
-    from distrib.data import build_loaders
-    from distrib.env import DistEnv
+    from distrib.data.loaders import build_loaders
+    from distrib.runtime.env import DistEnv
 
     root = make_imagefolder(tmp_path / "d", size=40, train_per_class=4, val_per_class=1)
     for policy in ("ta-wide", "augmix"):
@@ -230,13 +230,13 @@ def test_ema_weights_equal_a_reference_computation():
 
 def test_accumulating_two_batches_matches_one_batch_twice_as_big():
     """K=2 at batch b and K=1 at 2b, through the real train_one_epoch, on a model without BatchNorm."""
-    from distrib.data import Batch
-    from distrib.env import DistEnv
+    from distrib.data.datasets import Batch
+    from distrib.metrics import NullWriter
+    from distrib.runtime.env import DistEnv
+    from distrib.runtime.stop import StopRequest
+    from distrib.runtime.watchdog import Heartbeat
     from distrib.state import TrainState
-    from distrib.stop import StopRequest
     from distrib.train import Loop, train_one_epoch
-    from distrib.watchdog import Heartbeat
-    from distrib.writer import NullWriter
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)

@@ -15,11 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
+from slurm_cluster import FINAL_STATES, cluster_available, job_restarts, wait_job
 
 from distrib.config import ConfigError, RunConfig
-from slurm.sbatch import SbatchJob, activate_line, render_sbatch, time_limit_seconds, validate_slurm_options
+from slurm.sbatch import (
+    SbatchJob,
+    activate_line,
+    render_sbatch,
+    time_limit_seconds,
+    validate_slurm_options,
+)
 from slurm.submit import SlurmError, job_state, submission_env, submit
-from slurm_cluster import FINAL_STATES, cluster_available, job_restarts, wait_job
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_2x8.txt"

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, assert_ok, distrain
+from imagefolder import make_imagefolder
+
 from distrib.config import RunConfig
 from distrib.data import index
 from distrib.data.loaders import build_loaders
 from distrib.data.pack import pack
 from distrib.data.shards import MANIFEST, verify_shard
-from distrib.env import DistEnv
-from imagefolder import make_imagefolder
+from distrib.runtime.env import DistEnv
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, assert_ok, distrain, metrics, rank_pids
 from slurm_cluster import cluster_available, job_restarts, wait_job
+
 from slurm.submit import job_state
 
 VAL_IMAGES = 29

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from conftest import TINY, assert_ok, distrain, metrics
 from imagefolder import corrupt_file, make_imagefolder
 

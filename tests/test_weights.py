@@ -17,7 +17,7 @@ from distrib import weights
 from distrib.checkpoint import UnusableCheckpoint
 from distrib.config import RunConfig
 from distrib.model import build_model, training_loss
-from distrib.param_groups import param_groups
+from distrib.recipe.param_groups import param_groups
 
 
 def resnet18_state(num_classes: int = 1000, seed: int = 0) -> dict:
@@ -47,8 +47,8 @@ def _export_folder(state, path):
 
 
 def _torch_export(state, path):
-    from distrib.export import Normalized
     from distrib.preprocess import Preprocessing
+    from distrib.tools.export import Normalized
 
     net = torchvision.models.resnet18()
     net.load_state_dict(state)

@@ -13,6 +13,7 @@ both import this module and neither imports the other.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import NamedTuple
 
@@ -20,9 +21,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from distrib.data import index
+from distrib.data.folder import FolderSource
 from distrib.data.images import load_train, load_val, skip_reason
-
-from distrib.data import SYNTHETIC_CLASSES  # noqa: F401 (re-exported for the synthetic datasets)
+from distrib.data.layout import (
+    SYNTHETIC_CLASSES,  # noqa: F401 (re-exported for the synthetic datasets)
+    walk_images,
+)
+from distrib.data.shards import ShardSource, read_manifest
+from distrib.preprocess import Preprocessing
 
 SYNTHETIC_TRAIN, SYNTHETIC_VAL = 2560, 512
 PREFETCH_FACTOR = 4  # batches in flight per worker: rides out slow files and filesystem hiccups
@@ -117,3 +124,48 @@ class SyntheticDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.split, index])
         image = rng.integers(0, 256, (3, self.image_size, self.image_size), dtype=np.uint8)
         return torch.from_numpy(image), index % len(SYNTHETIC_CLASSES)
+
+
+# ---------------------------------------------------------------- the formats' datasets (FORMATS)
+
+def folder_datasets(cfg, rank: int):
+    """Train and val from the index: a rank lists no directory when the index is fresh (one is built,
+    under a lock, when it is not)."""
+    idx = index.ensure(cfg.data, cfg.val_split)
+    sources = {split: FolderSource(idx.split(split)) for split in idx.splits}
+    return (*split_datasets(cfg, rank, idx.classes, sources), idx.classes)
+
+
+def synthetic_datasets(cfg, rank: int):
+    seed = cfg.seed or 0
+    return (SyntheticDataset(SYNTHETIC_TRAIN, cfg.image_size, split=0, seed=seed),
+            SyntheticDataset(SYNTHETIC_VAL, Preprocessing.from_config(cfg).crop_size, split=1, seed=seed),
+            list(SYNTHETIC_CLASSES))
+
+
+def shard_datasets(cfg, rank: int):
+    """Train and val from `distrain pack` shards."""
+    classes = read_manifest(cfg.data)["classes"]
+    sources = {split: ShardSource(cfg.data, split) for split in read_manifest(cfg.data)["splits"]}
+    return (*split_datasets(cfg, rank, classes, sources), classes)
+
+
+class ListSource:
+    """Paths and labels held in memory: for a dataset made from one split folder without an index."""
+
+    def __init__(self, paths: list[str], labels: list[int]):
+        self.paths, self.labels = paths, np.asarray(labels, dtype=np.int32)
+
+    def name(self, i: int) -> str:
+        return self.paths[i]
+
+    open = name
+
+
+def FolderDataset(split_dir: str, class_to_idx: dict[str, int], image_size: int, train: bool, seed: int = 0,
+                  rank: int = 0, val_resize: int | None = None) -> ImageDataset:
+    """One split folder as an ImageDataset, listed here (tests, tools); runs read the index instead."""
+    pairs = [(p, label) for name, label in sorted(class_to_idx.items())
+             for p in walk_images(os.path.join(split_dir, name))]
+    source = ListSource([p for p, _ in pairs], [label for _, label in pairs])
+    return ImageDataset(source, image_size, train, seed, rank, val_resize=val_resize)

@@ -40,10 +40,23 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from distrib.config import RunConfig
-from distrib.recipe import augment
-from distrib.data.datasets import PREFETCH_FACTOR, Batch, ImageDataset, Skipped, sample_rng
-from distrib.data.images import Box, exif_orientation, load_train, open_image, rrc_box, skip_reason
+from distrib.data.datasets import (
+    PREFETCH_FACTOR,
+    Batch,
+    ImageDataset,
+    Skipped,
+    sample_rng,
+)
+from distrib.data.image_files import (
+    Box,
+    exif_orientation,
+    open_image,
+    rrc_box,
+    skip_reason,
+)
+from distrib.data.images import load_train
 from distrib.data.workers import loader_options
+from distrib.recipe import augment
 
 
 class Encoded(NamedTuple):

@@ -11,6 +11,8 @@ import os
 
 from distrib.config import ConfigError
 
+SYNTHETIC_CLASSES = [f"class{i}" for i in range(10)]  # --synthetic: the classes of its random images
+
 # torchvision.datasets.folder.IMG_EXTENSIONS, repeated here so this module needs no torch.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FIX_ROOT = "pass --data pointing at an ImageFolder root with train/ and val/"

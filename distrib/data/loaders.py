@@ -21,20 +21,20 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from distrib import data as formats
 from distrib.config import ConfigError, RunConfig
+from distrib.data import formats
 from distrib.data.datasets import PREFETCH_FACTOR, Batch, Skipped
+from distrib.data.samplers import TrainSampler, ValSampler
 from distrib.data.workers import loader_options
-from distrib.env import DistEnv
 from distrib.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from distrib.runtime.env import DistEnv
 
-__all__ = ["Batch", "Loaders", "TrainSampler", "ValSampler", "build_loaders", "to_device"]
+__all__ = ["Batch", "Loaders", "build_loaders", "to_device"]
 
 # How the training batches are decoded (--decode): "module:function" (dataset, sampler, cfg, device, pin_memory)
 # -> loader. Worker decode is this module's; device decode imports this package's datasets, never this module.
@@ -50,60 +50,6 @@ class Loaders:
     classes: list[str]
     num_train: int
     num_val: int
-
-
-# ---------------------------------------------------------------- samplers
-
-class TrainSampler(Sampler):
-    """This rank's shard of DistributedSampler(shuffle=True, seed=seed, drop_last=True), as (index, epoch).
-
-    Only whole batches are yielded (at most max_batches of them), and set_epoch(e, start_batch=k)
-    skips the first k of them: the rest of epoch e exactly as an uninterrupted run would see it.
-    """
-
-    def __init__(self, dataset_len: int, rank: int, world_size: int, batch_size: int,
-                 seed: int = 0, max_batches: int | None = None):
-        self.dataset_len, self.rank, self.world_size = dataset_len, rank, world_size
-        self.batch_size, self.seed = batch_size, seed
-        self.per_rank = dataset_len // world_size  # DistributedSampler's count with drop_last=True
-        full = self.per_rank // batch_size
-        self.batches_per_epoch = full if max_batches is None else min(full, max_batches)
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch}, "
-                             "the batches in one epoch of this rank")
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def order(self, epoch: int) -> list[int]:
-        """This rank's full shard for `epoch`, before the whole-batch cut and the skip."""
-        g = torch.Generator()
-        g.manual_seed(self.seed + epoch)
-        indices = torch.randperm(self.dataset_len, generator=g).tolist()
-        return indices[: self.per_rank * self.world_size][self.rank::self.world_size]
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        start, stop = self.start_batch * self.batch_size, self.batches_per_epoch * self.batch_size
-        epoch = self.epoch
-        return iter([(i, epoch) for i in self.order(epoch)[start:stop]])
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
-
-
-class ValSampler(Sampler):
-    """Rank r of W gets the contiguous slice [r*n//W, (r+1)*n//W): no padding, no duplicates, in order."""
-
-    def __init__(self, dataset_len: int, rank: int, world_size: int):
-        self.start = rank * dataset_len // world_size
-        self.stop = (rank + 1) * dataset_len // world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
 
 # ---------------------------------------------------------------- batches
@@ -194,7 +140,7 @@ def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool, device: torch.
     max_batches = cfg.steps_per_epoch * cfg.accum_steps if cfg.steps_per_epoch else None  # optimizer steps x K
     train_sampler = TrainSampler(len(train), env.rank, env.world_size, cfg.batch_size, seed, max_batches)
     if cfg.ra_reps > 1:  # --ra-reps: distrib/recipe/ra_sampler.py
-        from distrib.recipe.ra_sampler import RASampler
+        from distrib.data.samplers import RASampler
         train_sampler = RASampler(len(train), env.rank, env.world_size, cfg.batch_size, seed, max_batches, cfg.ra_reps)
     if train_sampler.batches_per_epoch == 0:
         raise ConfigError(
@@ -202,7 +148,7 @@ def build_loaders(cfg: RunConfig, env: DistEnv, pin_memory: bool, device: torch.
             f"{env.world_size} processes; lower --batch-size or use fewer processes")
     module, _, name = DECODERS["workers" if cfg.synthetic else cfg.decode].partition(":")
     if cfg.decode == "device" and device is None:
-        from distrib.process_group import pick_device
+        from distrib.runtime.process_group import pick_device
         device = pick_device(env, cfg.device)
     train_loader = getattr(importlib.import_module(module), name)(train, train_sampler, cfg, device, pin_memory)
     return Loaders(train=train_loader, val=val_loader(val, cfg, env, pin_memory), train_sampler=train_sampler,

@@ -30,7 +30,7 @@ def header_problem(source) -> str | None:
     """Why an image's header cannot be read (path or bytes), or None."""
     from PIL import Image
 
-    from distrib.data.images import skip_reason
+    from distrib.data.image_files import skip_reason
 
     try:
         with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as im:
@@ -41,7 +41,7 @@ def header_problem(source) -> str | None:
 
 
 def _sources(cfg) -> dict:
-    from distrib import data as formats
+    from distrib.data import formats
 
     if formats.format_of(cfg) == "shards":
         from distrib.data.shards import ShardSource, read_manifest

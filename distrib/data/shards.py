@@ -133,11 +133,3 @@ def verify_shard(root: str, split: str, number: int) -> list[str]:
         if f"{member_key(i)}.cls" not in members:
             problems.append(f"{path}: member {member_key(i)}.cls is missing")
     return problems
-
-
-def datasets(cfg, rank: int):
-    from distrib.data.datasets import split_datasets
-
-    classes = read_manifest(cfg.data)["classes"]
-    sources = {split: ShardSource(cfg.data, split) for split in read_manifest(cfg.data)["splits"]}
-    return (*split_datasets(cfg, rank, classes, sources), classes)

@@ -1,9 +1,9 @@
 """Optimizers and learning-rate schedules, one table entry each.
 
-    optimizer = build_optimizer(model, cfg, lr)      # OPTIMIZERS[cfg.optimizer] over distrib.param_groups
+    optimizer = build_optimizer(model, cfg, lr)      # OPTIMIZERS[cfg.optimizer] over distrib.recipe.param_groups
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)   # per optimizer step: warmup, then SCHEDULES
 
-The parameter groups (what is decayed, the head's lr, nothing frozen) come from distrib/param_groups.py; this module only picks the algorithm.
+The parameter groups (what is decayed, the head's lr, nothing frozen) come from distrib/recipe/param_groups.py; this module only picks the algorithm.
 Hyper-parameters follow torchvision's references/classification/train.py where it has the optimizer.
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from distrib.config import RunConfig
-from distrib.param_groups import param_groups
+from distrib.recipe.param_groups import param_groups
 
 OPTIMIZERS: dict[str, Callable[[list, float, RunConfig], torch.optim.Optimizer]] = {
     "sgd": lambda groups, lr, cfg: torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum),

@@ -27,7 +27,6 @@ from distrib import weights
 from distrib.model import from_checkpoint
 from distrib.preprocess import Preprocessing
 
-STATE_PREFIX = "net."   # the torchvision model's keys inside Normalized (distrib/weights.py strips it)
 TOLERANCE = 1e-3        # largest logit difference allowed, relative to the largest logit (at least 1)
 CHECK_IMAGES = 8        # random images for the check when no --sample is given
 

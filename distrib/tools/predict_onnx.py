@@ -1,7 +1,7 @@
 """`distrain predict --model DIR`: an ONNX export on onnxruntime, with numpy and PIL only: never torch.
 
 For a machine that only classifies images (`pip install "distrain[onnx]"`, no torch needed at run time).
-The export's graph normalises (distrib/export.py), so this only decodes, resizes and crops, with the
+The export's graph normalises (distrib/tools/export.py), so this only decodes, resizes and crops, with the
 geometry of eval's images.load_val (the same JPEG draft scale, the same resize and crop boxes) and PIL's
 antialiased bilinear resize instead of torch's (they differ by ~0.01 grey levels on average).
 """
@@ -13,11 +13,18 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
-from distrib import predictions
 from distrib.config import ConfigError
-from distrib.data.images import _to_rgb, exif_orientation, open_image, skip_reason, upright_size, val_geometry
-from distrib.export_dir import read_model_json
+from distrib.data.image_files import (
+    _to_rgb,
+    exif_orientation,
+    open_image,
+    skip_reason,
+    upright_size,
+    val_geometry,
+)
+from distrib.export_format import read_model_json
 from distrib.preprocess import Preprocessing
+from distrib.tools import predict_io
 
 
 def read_export(folder: str) -> dict:
@@ -73,7 +80,7 @@ def predict(folder: str, meta: dict, paths: list[str], topk: int, batch_size: in
     pre = Preprocessing.from_dict(meta["preprocessing"])
     session = onnxruntime.InferenceSession(os.path.join(folder, meta["file"]), providers=providers(gpus))
     rows: list[dict] = []
-    bar = predictions.ProgressBar(len(paths))
+    bar = predict_io.ProgressBar(len(paths))
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         batch, good, errors = [], [], {}
@@ -83,7 +90,7 @@ def predict(folder: str, meta: dict, paths: list[str], topk: int, batch_size: in
                 good.append(i)
             except Exception as e:  # PIL raises many types for broken files: one error row each
                 errors[i] = skip_reason(p, e)
-        done = {i: predictions.row(chunk[i], error=why) for i, why in errors.items()}
+        done = {i: predict_io.row(chunk[i], error=why) for i, why in errors.items()}
         if batch:
             logits = session.run(None, {meta["input"]["name"]: np.stack(batch)})[0].astype(np.float64)
             probs = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -91,7 +98,7 @@ def predict(folder: str, meta: dict, paths: list[str], topk: int, batch_size: in
             k = min(topk, probs.shape[1])
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             for i, idx, p in zip(good, order, probs):
-                done[i] = predictions.row(chunk[i], p[idx].tolist(), idx.tolist(), meta["classes"])
+                done[i] = predict_io.row(chunk[i], p[idx].tolist(), idx.tolist(), meta["classes"])
         rows += [done[i] for i in range(len(chunk))]
         bar.update(len(chunk))
     bar.close()

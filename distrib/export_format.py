@@ -1,4 +1,5 @@
-"""A `distrain export` folder's model.json, read in one place (torch-free: `predict --model` uses it)."""
+"""What a `distrain export` folder holds: its file names and model.json, read in one place (torch-free:
+`predict --model` and `--weights EXPORT_DIR` use it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from distrib.config import ConfigError
 
 MODEL_JSON = "model.json"
+STATE_PREFIX = "net."   # the torchvision model's keys inside export.Normalized (weights.py strips it)
 
 
 def read_model_json(folder: str, formats: tuple[str, ...], missing: str, wrong: str) -> dict:

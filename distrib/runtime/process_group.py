@@ -9,7 +9,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from distrib.env import DistEnv
+from distrib.runtime.env import DistEnv
 
 
 def pick_device(env: DistEnv, want: str) -> torch.device:

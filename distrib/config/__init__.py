@@ -206,7 +206,7 @@ class RunConfig:
         return self.lr * self.global_batch(world_size) / 256
 
     def _validate_recipe_options(self) -> None:
-        from distrib.recipe.recipes import RECIPES
+        from distrib.config.recipes import RECIPES
 
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"--recipe {self.recipe!r} is not one of {', '.join(RECIPES)}; see `distrain recipes`")
@@ -306,7 +306,7 @@ def load_toml(path: str) -> dict:
 
 def resolve(cli: dict, config_file: str | None = None) -> RunConfig:
     """The one precedence rule: command line > config file > --recipe > defaults."""
-    from distrib.recipe.recipes import expand
+    from distrib.config.recipes import expand
 
     from_file = load_toml(config_file) if config_file else {}
     merged = expand(cli.get("recipe", from_file.get("recipe")))

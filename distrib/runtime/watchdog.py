@@ -5,7 +5,7 @@ out (--dist-timeout), the ranks still alive find the rank that never reported th
 waiting in the collective: it is the one that hangs), probe its host, and say which rank, on which host,
 and whether it is stuck (reachable), gone (refused) or cut off (unreachable).
 
-Evidence goes to RUN_DIR/logs/hang/ (distrib/hangs.py names the files): each rank arms a faulthandler
+Evidence goes to RUN_DIR/logs/hang/ (distrib/runtime/hangs.py names the files): each rank arms a faulthandler
 timer at every step, so a rank that makes no step for --dist-timeout seconds writes the stacks of all its
 threads itself, from a C thread that needs no GIL (a rank blocked in I/O or a lock too; a stopped one when
 it continues). On the timeout, ranks that can still act add the error and their Flight Recorder trace.
@@ -23,9 +23,9 @@ import traceback
 
 import torch.distributed as dist
 
-from distrib import hangs
-from distrib.env import DistEnv
-from distrib.process_group import store_scope
+from distrib.runtime import hangs
+from distrib.runtime.env import DistEnv
+from distrib.runtime.process_group import store_scope
 
 log = logging.getLogger("distrain")
 PROBE_SECONDS = 3.0  # a TCP connect to a live host answers in milliseconds, even when the process is stopped

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from distrib.config import ConfigError, RunConfig, write_run_config
-from distrib import data as formats
+from distrib.data import formats
 from distrib.paths import RunPaths
 from distrib.preprocess import Preprocessing
 from launch import topology
@@ -139,7 +139,7 @@ def predict(inputs: list[str], checkpoint, model_dir, topk: int, output, cli: di
     """Top-k classes per image: a checkpoint on 1 or P processes (torchrun), or an ONNX export without torch."""
     import json
 
-    from distrib import predictions
+    from distrib.tools import predict_io
 
     if (checkpoint is None) == (model_dir is None):
         raise ConfigError("give --checkpoint PATH (a distrain checkpoint) or --model DIR (an ONNX export), "
@@ -150,8 +150,8 @@ def predict(inputs: list[str], checkpoint, model_dir, topk: int, output, cli: di
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be at least 1")
     output = str(output) if output else None
-    predictions.output_format(output)  # a bad --output is found before any image is read
-    paths = predictions.list_inputs([str(p) for p in inputs])
+    predict_io.output_format(output)  # a bad --output is found before any image is read
+    paths = predict_io.list_inputs([str(p) for p in inputs])
     if model_dir is not None:
         rows = _predict_onnx(str(model_dir), paths, topk, batch_size, cli, gpus, procs)
     else:
@@ -177,9 +177,9 @@ def predict(inputs: list[str], checkpoint, model_dir, topk: int, output, cli: di
             for rank in range(nprocs):  # contiguous slices: rank order is input order
                 with open(run_paths.predictions(rank)) as fh:
                     rows += [json.loads(line) for line in fh]
-    predictions.write(rows, topk, output)
+    predict_io.write(rows, topk, output)
     say = warn if any(r["error"] for r in rows) else (lambda m: print(m, file=sys.stderr))
-    say(predictions.summary(rows, output))  # on stderr: stdout may be the CSV
+    say(predict_io.summary(rows, output))  # on stderr: stdout may be the CSV
     return 0
 
 
@@ -188,7 +188,7 @@ def _predict_onnx(model_dir: str, paths: list[str], topk: int, batch_size: int, 
     """onnxruntime, numpy and PIL only: this path never imports torch (tests/test_predict.py checks)."""
     import importlib.util
 
-    from distrib import predict_onnx
+    from distrib.tools import predict_onnx
 
     meta = predict_onnx.read_export(model_dir)
     typed = [k for k in PREPROCESSING_OPTIONS if cli.get(k) is not None]
@@ -205,7 +205,7 @@ def _predict_onnx(model_dir: str, paths: list[str], topk: int, batch_size: int, 
 
 # ---------------------------------------------------------------- distrain export
 
-EXPORT_FORMATS = ("safetensors", "onnx", "torch-export")  # distrib/export.py FORMATS (test_export checks)
+EXPORT_FORMATS = ("safetensors", "onnx", "torch-export")  # distrib/tools/export.py FORMATS (test_export checks)
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")       # torch.onnx.export(dynamo=True) and the check
 
 
@@ -220,12 +220,12 @@ def export(checkpoint, fmt: str, output, samples: list[str], cli: dict, out, war
     missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None] if fmt == "onnx" else []
     if missing:
         raise ConfigError(f"--format onnx needs {', '.join(missing)}: pip install \"distrain[onnx]\"")
-    from distrib import predictions
+    from distrib.tools import predict_io
 
-    sample_paths = predictions.list_inputs(samples) if samples else []
+    sample_paths = predict_io.list_inputs(samples) if samples else []
     record = read_checkpoint(checkpoint)
     pre = settle_preprocessing(record, cli, warn)
-    from distrib import export as exporter
+    from distrib.tools import export as exporter
 
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     try:

@@ -1,24 +1,22 @@
 """Validation: top-1, top-5 and loss over this rank's shard, reduced as sums and counts across ranks.
 
 Counts are summed exactly (float64 holds integers exactly), so accuracy is the same for any world size.
+Training validates with it every epoch; `distrain eval` scores a checkpoint with it.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import torch
 import torch.nn as nn
 
-from distrib.data import to_device
-from distrib.process_group import all_reduce_sum
-from distrib.writer import PROGRESS_SECONDS
+from distrib.data.loaders import to_device
+from distrib.metrics import PROGRESS_SECONDS
+from distrib.runtime.process_group import all_reduce_sum
 
 log = logging.getLogger("distrain")
-
-
 
 
 @torch.no_grad()
@@ -50,35 +48,3 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels
     n = max(samples, 1)
     return {"acc1": 100 * top1 / n, "acc5": 100 * top5 / n, "loss": loss / n,
             "samples": int(samples), "skipped": int(skipped)}
-
-
-def main(checkpoint_path: str, cfg, as_json: bool, ema: bool = True) -> dict:
-    """`distrain eval`: the accuracy of a checkpoint on DATA/val, on any number of processes; its EMA weights
-    when it has them (--model-ema), unless ema=False (--no-ema)."""
-    import json
-
-    from distrib import checkpoint
-    from distrib.data import build_val_loader
-    from distrib.env import DistEnv
-    from distrib.model import from_checkpoint
-    from distrib.train import AMP_DTYPES, resolve_precision
-    from distrib.process_group import pick_device, process_group
-
-    env = DistEnv.from_environ()
-    device = pick_device(env, cfg.device)
-    ckpt = checkpoint.load(checkpoint_path)
-    with process_group(env, device, cfg.dist_timeout):
-        loader, classes = build_val_loader(cfg, env, pin_memory=device.type == "cuda")
-        checkpoint.check_fits(ckpt, checkpoint_path, ckpt["arch"], classes, fix="or give its own dataset")
-        model = from_checkpoint(ckpt, ema)
-        say = (lambda m: print(m, file=sys.stderr, flush=True)) if env.is_main else (lambda m: None)
-        cfg = resolve_precision(cfg, device)  # training's precision, settled as training settles it
-        amp_dtype, channels_last = AMP_DTYPES[cfg.amp], cfg.channels_last
-        model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        result = evaluate(model, loader, device, amp_dtype, channels_last, say=say)
-    result = {k: result[k] for k in ("acc1", "acc5", "loss", "samples")}
-    if env.is_main:
-        print(json.dumps(result) if as_json else
-              f"acc1 {result['acc1']:.2f}%  acc5 {result['acc5']:.2f}%  loss {result['loss']:.4f}  "
-              f"samples {result['samples']}", flush=True)
-    return result

@@ -17,7 +17,6 @@ import time
 from distrib.config import ConfigError
 from distrib.data.layout import is_image_file
 
-
 # ---------------------------------------------------------------- inputs
 
 def list_inputs(args: list[str]) -> list[str]:

@@ -124,9 +124,9 @@ def show(run_dir: Path, out) -> None:
     failure = _failure_line(str(run_dir)) if word == "failed" else None
     if failure:
         out.print(f"  failed: {failure}", markup=False, highlight=False, soft_wrap=True)
-    from distrib import hangs
+    from distrib.runtime import hangs
 
-    for line in hangs.describe(str(run_dir)):  # a hang's explanation and stacks (distrib/hangs.py)
+    for line in hangs.describe(str(run_dir)):  # a hang's explanation and stacks (distrib/runtime/hangs.py)
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     log = newest_log(run_dir)
     if log:

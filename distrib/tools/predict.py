@@ -18,13 +18,16 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from distrib import checkpoint, predictions
-from distrib.data import Batch, ValSampler, to_device
-from distrib.env import DistEnv
+from distrib import checkpoint
+from distrib.data.datasets import Batch
 from distrib.data.images import load_val, skip_reason
+from distrib.data.loaders import to_device
+from distrib.data.samplers import ValSampler
+from distrib.data.workers import loader_options
 from distrib.paths import RunPaths
 from distrib.preprocess import Preprocessing
-from distrib.data.workers import loader_options
+from distrib.runtime.env import DistEnv
+from distrib.tools import predict_io
 
 
 class Failed(NamedTuple):
@@ -58,7 +61,7 @@ def collate(items: list) -> tuple[Batch, list[Failed]]:
 @torch.no_grad()
 def main(checkpoint_path: str, topk: int, cfg) -> None:
     from distrib.model import from_checkpoint
-    from distrib.process_group import pick_device
+    from distrib.runtime.process_group import pick_device
 
     env = DistEnv.from_environ()
     device = pick_device(env, cfg.device)
@@ -73,19 +76,19 @@ def main(checkpoint_path: str, topk: int, cfg) -> None:
     sampler = ValSampler(len(dataset), env.rank, env.world_size)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda", **loader_options(cfg.workers))
-    bar = predictions.ProgressBar(len(sampler), f"predict (rank 0 of {env.world_size})"
+    bar = predict_io.ProgressBar(len(sampler), f"predict (rank 0 of {env.world_size})"
                                   if env.world_size > 1 else "predict") if env.is_main else None
     out = paths.predictions(env.rank)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".tmp", "w") as fh:
         for batch, failed in loader:
-            rows = {f.index: predictions.row(inputs[f.index], error=f.reason) for f in failed}
+            rows = {f.index: predict_io.row(inputs[f.index], error=f.reason) for f in failed}
             if batch.images is not None:
                 images, _ = to_device(batch, device, False)
                 probs = model(images).float().softmax(dim=1)
                 top = probs.topk(min(topk, probs.shape[1]), dim=1)
                 for i, p, k in zip(batch.labels.tolist(), top.values.tolist(), top.indices.tolist()):
-                    rows[i] = predictions.row(inputs[i], p, k, classes)
+                    rows[i] = predict_io.row(inputs[i], p, k, classes)
             for i in sorted(rows):
                 fh.write(json.dumps(rows[i]) + "\n")
             if bar:

@@ -13,7 +13,7 @@ import signal
 
 import torch
 
-from distrib.process_group import broadcast_flag
+from distrib.runtime.process_group import broadcast_flag
 
 log = logging.getLogger("distrain")
 

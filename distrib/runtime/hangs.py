@@ -1,5 +1,5 @@
 """Where a hang leaves its evidence, named once: RUN_DIR/logs/hang/. Torch-free (the launcher and
-`distrain status` read it; distrib/watchdog.py writes it).
+`distrain status` read it; distrib/runtime/watchdog.py writes it).
 
     rankR-HOST-attemptN.stack   Python stacks of every thread of rank R (faulthandler), written by the rank itself
                                 when it has made no step for --dist-timeout seconds, plus the error it gave

@@ -11,10 +11,10 @@ loader's, or the smaller of the two.
 What is measured is what training runs: the same model builder, SGD with momentum and weight decay,
 the GradScaler with fp16, torch.compile when asked, the same loaders (--decode included) and the same
 uint8 -> float normalisation (`to_device`), and training's precision defaults for the device
-(`distrib.train.resolve_precision`): bf16 autocast and channels_last on a GPU that supports bf16, fp32
+(`distrib.precision.resolve_precision`): bf16 autocast and channels_last on a GPU that supports bf16, fp32
 on the CPU. Warm-up (allocator, cuDNN autotuning, compiling, worker start-up) is run but not timed.
 The model step is timed over --steps steps (images/s at the median step); the loader over a window of
---seconds (distrib/bench_window.py says why a step count is not enough there).
+--seconds (distrib/tools/bench_loader.py says why a step count is not enough there).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import resource
 import statistics
 import time
 
-from distrib.bench_window import Ticker, endless, measure_window
 from distrib.config import ConfigError, RunConfig
-from distrib.env import DistEnv
-from distrib import data as formats
+from distrib.data import formats
+from distrib.runtime.env import DistEnv
+from distrib.tools.bench_loader import Ticker, endless, measure_window
 
 # torch is imported inside the functions that measure: bad input fails at once, before ~5 s of imports.
 
@@ -57,7 +57,7 @@ def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_s
         formats.check(RunConfig(data=data))
     import torch
 
-    from distrib.train import resolve_precision
+    from distrib.precision import resolve_precision
 
     dev = _device(device)
     cfg = resolve_precision(RunConfig(data=data, synthetic=mode == "synthetic", arch=arch, image_size=image_size,
@@ -104,7 +104,7 @@ def _check_args(data, synthetic, loader_only, image_size, batch_size, workers, d
 def _device(want: str):
     import torch
 
-    from distrib.process_group import pick_device
+    from distrib.runtime.process_group import pick_device
 
     if want == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is visible to this process; use --device cpu or auto")
@@ -139,8 +139,8 @@ def measure_model(cfg: RunConfig, dev, steps: int, num_classes: int, ticker: Tic
     import torch.nn as nn
 
     from distrib.model import build_model, training_loss
+    from distrib.precision import AMP_DTYPES
     from distrib.recipe.optim import build_optimizer
-    from distrib.train import AMP_DTYPES
 
     cuda = dev.type == "cuda"
     amp_dtype = AMP_DTYPES[cfg.amp]
@@ -226,8 +226,8 @@ def _time_steps(step, steps: int, dev) -> list[float]:
 
 def measure_loader(cfg: RunConfig, dev, seconds: float, ticker: Ticker, then_model: bool = False) -> dict:
     """Train batches of the real loader (epoch after epoch, as training draws them), through to_device,
-    timed over a window of `seconds` after a warm-up (bench_window.measure_window)."""
-    from distrib.data import build_loaders, to_device
+    timed over a window of `seconds` after a warm-up (bench_loader.measure_window)."""
+    from distrib.data.loaders import build_loaders, to_device
 
     loaders = build_loaders(cfg, DistEnv(), pin_memory=dev.type == "cuda", device=dev)
 

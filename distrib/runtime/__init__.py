@@ -1,0 +1,1 @@
+"""The runtime of one rank: its environment, process group, stop signals, hang watchdog, failure records."""
