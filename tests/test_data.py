@@ -15,21 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from imagefolder import class_image, corrupt_file, make_imagefolder
 from PIL import Image
 from torch.utils.data import DistributedSampler
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import functional as TF
 
-from distrib.data import images
 from distrib.config import ConfigError, RunConfig
-from distrib.data.datasets import Batch, Skipped, SyntheticDataset
-from distrib.data.loaders import Collate
-from distrib.data.datasets import FolderDataset
+from distrib.data import images
+from distrib.data.datasets import Batch, FolderDataset, Skipped, SyntheticDataset
+from distrib.data.layout import check_dataset
+from distrib.data.loaders import Collate, build_loaders, to_device
 from distrib.data.samplers import TrainSampler, ValSampler
-                          build_loaders, check_dataset, to_device)
 from distrib.runtime.env import DistEnv
-from imagefolder import class_image, corrupt_file, make_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -25,7 +25,7 @@ from torchvision.transforms import InterpolationMode
 
 from distrib.config import ConfigError, RunConfig, resolve
 from distrib.recipe import augment, mix
-from distrib.recipe.augment import Augment, Params
+from distrib.recipe.augment import Params
 from distrib.recipe.ema import ModelEMA, adjusted_decay
 
 CHI2_DF13_P001 = 34.53  # chi-square critical value, 13 degrees of freedom, p = 0.001
