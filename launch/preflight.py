@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from distrib.config import ConfigError, RunConfig
 from distrib.data import formats
-from distrib.data.layout import count_images
+from distrib.data.layout import count_images, split_dir
 from launch import network, topology
 
 MIN_FREE_BYTES = 2 * 1024**3  # room for last.pt + best.pt of a large model, with headroom
@@ -42,15 +42,16 @@ def check_data(cfg: RunConfig, build: bool = True, name_hidden: bool = False) ->
     try:
         classes = formats.check(cfg, build)
     except ConfigError as e:
-        return Check("data", False, str(e))
+        wrong, _, fix = str(e).partition("; ")  # a ConfigError says what is wrong; how to fix it
+        return Check("data", False, wrong, fix)
     if fmt == "synthetic":
         return Check("data", True, "synthetic images")
     detail = f"{cfg.data} ({fmt}): {len(classes)} classes"
     if fmt == "folder" and name_hidden:
-        from distrib.data.layout import hidden_dirs
+        from distrib.data.layout import hidden_dirs, split_dir, splits
 
-        hidden = [f"{split}/{name}" for split in ("train", "val") if os.path.isdir(os.path.join(cfg.data, split))
-                  for name in hidden_dirs(os.path.join(cfg.data, split))]
+        hidden = [os.path.relpath(os.path.join(split_dir(cfg.data, split), name), cfg.data)
+                  for split in splits(cfg.data, cfg.val_split) for name in hidden_dirs(split_dir(cfg.data, split))]
         if hidden:
             detail += f"; ignored hidden folders (not classes): {', '.join(hidden)}"
     return Check("data", True, detail)
@@ -64,7 +65,7 @@ def check_batch_fits(cfg: RunConfig, plan: topology.Plan, here: bool = True) -> 
     need = cfg.batch_size * plan.min_nodes * plan.procs_per_node
     have = _indexed_train_images(cfg) if here else None  # check_data built the index: no listing
     if have is None:
-        have = count_images(os.path.join(cfg.data, "train"), stop_at=need)
+        have = count_images(split_dir(cfg.data, "train"), stop_at=need)
     if have >= need:
         return None
     most = max(1, have // (plan.min_nodes * plan.procs_per_node))

@@ -13,7 +13,7 @@ from distrib.data import workers
 from distrib.paths import RunPaths
 from distrib.runtime import hangs
 from distrib.runtime.failure import clear as clear_failures
-from launch import network, preflight, run_dir, status, topology
+from launch import eval_target, network, preflight, run_dir, status, topology
 from launch.run_local import rank_failure, run, write_launch_record
 
 STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command resumes
@@ -244,16 +244,26 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
         raise ConfigError(f"--procs {procs} must be at least 1")
     nprocs = gpus if gpus > 0 else procs
     record = model_tools.read_checkpoint(checkpoint)
-    model_tools.check_classes(record, cli["data"])
+    with model_tools.scratch_run_dir("eval-data") as scratch:
+        target = eval_target.choose(str(cli["data"]), record.config, scratch)
+        model_tools.check_classes(record, target.data, target.val_split)
+        err_print(f"scoring {target.says}")
+        return _evaluate(record, target, cli, gpus, procs, nprocs, as_json, out, warn, ema)
+
+
+def _evaluate(record, target, cli: dict, gpus: int, procs: int, nprocs: int, as_json: bool, out, warn,
+              ema: bool) -> int:
+    from launch import model_tools
+
     pre = model_tools.settle_preprocessing(record, cli, warn)
     workers = cli.get("workers", model_tools.max_workers(nprocs))
     # Training's own batch size and precision by default: the figures then match its metrics row exactly.
     trained = record.config
-    cfg = RunConfig(data=cli["data"], arch=record.arch, image_size=pre.crop_size, val_crop_size=pre.crop_size,
+    cfg = RunConfig(data=target.data, arch=record.arch, image_size=pre.crop_size, val_crop_size=pre.crop_size,
                     val_resize_size=pre.resize_size, batch_size=cli.get("batch_size", trained.get("batch_size", 64)),
                     workers=workers, gpus=gpus, procs=procs, resume="never", run_dir="eval",
                     amp=trained.get("amp", "off") if gpus else "off", channels_last=trained.get("channels_last"),
-                    val_split=trained.get("val_split"), seed=trained.get("seed"),
+                    val_split=target.val_split, seed=trained.get("seed"),
                     device="cpu" if gpus == 0 else "cuda").validate()
-    args = [str(checkpoint)] + (["--json"] if as_json else []) + ([] if ema else ["--no-ema"])
+    args = [record.path] + (["--json"] if as_json else []) + ([] if ema else ["--no-ema"])
     return model_tools.run_tool("eval", cfg, args, nprocs, out)

@@ -66,3 +66,21 @@ def corrupt_file(path, kind: str = "truncated") -> Path:
     else:
         raise ValueError(f"unknown corruption {kind!r}: use truncated, empty, text or garbage")
     return path
+
+
+def make_downloaded(root, classes: int = 4, per_class: int = 30, size: int = 32, seed: int = 0) -> Path:
+    """A dataset as people download it: class folders at the root (no train/ or val/), mixed formats and
+    extension cases, a class name with a space and a non-ASCII letter, and one broken file."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = ["café crème", "dog", "fish", "zebra"][:classes] + [f"class{i}" for i in range(4, classes)]
+    kinds = [("JPEG", ".jpg", {"quality": 92}), ("JPEG", ".JPEG", {"quality": 92}), ("PNG", ".png", {}),
+             ("WEBP", ".webp", {})]
+    for label, name in enumerate(names):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            fmt, ext, options = kinds[n % len(kinds)]
+            class_image(label, classes, (size, size), rng).save(folder / f"img {n:03d}{ext}", fmt, **options)
+    corrupt_file(root / names[1] / "img 001.JPEG", "truncated")
+    return root

@@ -95,13 +95,13 @@ class Index:
 
     def split(self, name: str) -> SplitIndex:
         files = [os.path.join(self.folder, f) for f in self.meta["splits"][name]["files"]]
-        return SplitIndex(os.path.join(self.root, name), *files)
+        return SplitIndex(layout.split_dir(self.root, name), *files)
 
 
 # ---------------------------------------------------------------- freshness
 
 def _stamp(root: str, split: str, classes: list[str]) -> list[int]:
-    split_dir = os.path.join(root, split)
+    split_dir = layout.split_dir(root, split)
     return [os.stat(split_dir).st_mtime_ns] + [os.stat(os.path.join(split_dir, c)).st_mtime_ns for c in classes]
 
 
@@ -157,7 +157,7 @@ def ensure(root: str, val_split: float | None = None, rebuild: bool = False) -> 
 
 
 def _list_split(root: str, split: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    split_dir = os.path.join(root, split)
+    split_dir = layout.split_dir(root, split)
     names, labels = [], []
     for label, name in enumerate(classes):
         before = len(names)

@@ -1,7 +1,8 @@
 """The ImageFolder layout, checked without torch (the launcher runs this before anything starts).
 
 DATA/train/<class>/<image> and DATA/val/<class>/<image>, with the same classes in both; or train/ alone
-with --val-split F. Folders whose names start with "." (.ipynb_checkpoints, .git, .distrain-index) are
+with --val-split F; or class folders at the root (DATA/<class>/<image>, as most datasets download) with
+--val-split F: the root is then the train split. Folders whose names start with "." (.ipynb_checkpoints, .git, .distrain-index) are
 not classes, at any level: tools put them there, users never mean them as data.
 """
 
@@ -36,13 +37,32 @@ def hidden_dirs(split_dir: str) -> list[str]:
     return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and is_hidden(e.name))
 
 
+def is_class_root(root: str) -> bool:
+    """DATA/<class>/<image>: no train/ and no val/, the class folders at the root."""
+    return not os.path.isdir(os.path.join(root, "train")) and not os.path.isdir(os.path.join(root, "val"))
+
+
+def split_dir(root: str, split: str) -> str:
+    """The folder holding a split's class folders: DATA/train, DATA/val, or DATA itself for class folders
+    at the root (its only split is train, validated with --val-split)."""
+    return root if split == "train" and is_class_root(root) else os.path.join(root, split)
+
+
 def splits(root: str, val_split: float | None) -> tuple[str, ...]:
-    """The folders of DATA that hold images: train and val, or train alone with --val-split."""
+    """The splits of DATA that hold images: train and val, or train alone with --val-split."""
     if not os.path.isdir(root):
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise ConfigError(f"data dir {root} {what}; {FIX_ROOT}")
+    if is_class_root(root):
+        if not find_class_dirs(root):
+            raise ConfigError(f"{root} has no class folders and no train/ folder; {FIX_ROOT} (one sub-folder "
+                              "per class in each), or class folders at the root with --val-split 0.1")
+        if not val_split:
+            raise ConfigError(f"{root} holds class folders but no train/ and val/; pass --val-split 0.1 to hold "
+                              "out 10% of each class for validation")
+        return ("train",)
     if not os.path.isdir(os.path.join(root, "train")):
-        raise ConfigError(f"{root} has no train/ folder; {FIX_ROOT} (one sub-folder per class in each)")
+        raise ConfigError(f"{root} has val/ but no train/ folder; {FIX_ROOT} (one sub-folder per class in each)")
     has_val = os.path.isdir(os.path.join(root, "val"))
     if has_val and val_split:
         raise ConfigError(f"--val-split {val_split} given but {root} has a val/ folder; drop --val-split "
@@ -57,10 +77,10 @@ def split_classes(root: str, val_split: float | None = None) -> dict[str, list[s
     """{split: class names} from directory names alone; ConfigError when the splits disagree."""
     classes = {}
     for split in splits(root, val_split):
-        split_dir = os.path.join(root, split)
-        classes[split] = find_class_dirs(split_dir)
+        folder = split_dir(root, split)
+        classes[split] = find_class_dirs(folder)
         if not classes[split]:
-            raise ConfigError(f"{split_dir} has no class folders; put each class's images in {split_dir}/CLASS/")
+            raise ConfigError(f"{folder} has no class folders; put each class's images in {folder}/CLASS/")
     if "val" in classes and classes["train"] != classes["val"]:
         only_train = sorted(set(classes["train"]) - set(classes["val"]))
         only_val = sorted(set(classes["val"]) - set(classes["train"]))
@@ -91,7 +111,7 @@ def check_dataset(root: str, val_split: float | None = None) -> list[str]:
     classes = split_classes(root, val_split)
     for split, names in classes.items():
         for name in names:
-            class_dir = os.path.join(root, split, name)
+            class_dir = os.path.join(split_dir(root, split), name)
             if next(walk_images(class_dir), None) is None:
                 raise empty_class(class_dir)
     return classes["train"]

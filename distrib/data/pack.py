@@ -105,7 +105,7 @@ def pack(root: str, out: str, shard_bytes: int = DEFAULT_SHARD_BYTES, procs: int
     if os.path.realpath(out) == os.path.realpath(root):
         raise ConfigError("pack OUT must be another folder than DATA; give a new folder")
     has_val = os.path.isdir(os.path.join(root, "val"))
-    idx = index.ensure(root, None if has_val else 1.0)  # train/ alone is fine here: --val-split comes later
+    idx = index.ensure(root, None if has_val else 1.0)  # train alone is fine here: --val-split comes later
     jobs, layouts = [], {}
     for split in idx.splits:
         source = idx.split(split)

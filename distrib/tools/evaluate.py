@@ -33,9 +33,11 @@ def main(checkpoint_path: str, cfg, as_json: bool, ema: bool = True) -> dict:
         amp_dtype, channels_last = AMP_DTYPES[cfg.amp], cfg.channels_last
         model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         result = evaluate(model, loader, device, amp_dtype, channels_last, say=say)
-    result = {k: result[k] for k in ("acc1", "acc5", "loss", "samples")}
+    result = {k: result[k] for k in ("acc1", "acc5", "loss", "samples", "skipped")}
     if env.is_main:
         print(json.dumps(result) if as_json else
               f"acc1 {result['acc1']:.2f}%  acc5 {result['acc5']:.2f}%  loss {result['loss']:.4f}  "
               f"samples {result['samples']}", flush=True)
+        if result["skipped"]:
+            say(f"skipped {result['skipped']} unreadable image(s): not scored (the lines above name them)")
     return result
