@@ -9,6 +9,7 @@ torch is imported only inside these functions, when a checkpoint is really read.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -209,14 +210,32 @@ EXPORT_FORMATS = ("safetensors", "onnx", "torch-export")  # distrib/tools/export
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")       # torch.onnx.export(dynamo=True) and the check
 
 
+def _check_export_output(output: str, checkpoint: str) -> bool:
+    """--output must be new, empty, or an earlier export of the same checkpoint file (True: replace it);
+    an export never mixes with another model's files."""
+    if not os.path.exists(output) or (os.path.isdir(output) and not os.listdir(output)):
+        return False
+    from distrib.export_format import MODEL_JSON
+
+    source = None
+    try:
+        with open(os.path.join(output, MODEL_JSON)) as fh:
+            source = json.load(fh).get("source", {}).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if source and os.path.realpath(source) == os.path.realpath(checkpoint):
+        return True
+    what = f"an export of {source}" if source else "not an empty folder"
+    raise ConfigError(f"--output {output} holds {what}; give a new folder (an export is one folder: the model "
+                      "file and model.json of one checkpoint)")
+
+
 def export(checkpoint, fmt: str, output, samples: list[str], cli: dict, out, warn) -> int:
     """Write OUTPUT/model.* + model.json and check the file against the checkpoint's model."""
     import importlib.util
 
     output = str(output)
-    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-        raise ConfigError(f"--output {output} exists and is not an empty folder; give a new folder (an export is "
-                          "one folder: the model file and model.json)")
+    replacing = _check_export_output(output, str(checkpoint))
     missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None] if fmt == "onnx" else []
     if missing:
         raise ConfigError(f"--format onnx needs {', '.join(missing)}: pip install \"distrain[onnx]\"")
@@ -228,6 +247,9 @@ def export(checkpoint, fmt: str, output, samples: list[str], cli: dict, out, war
     from distrib.tools import export as exporter
 
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    if replacing:  # an earlier export of this same checkpoint file: it is stale now, the new one replaces it
+        out.print(f"replacing {output}: an earlier export of {checkpoint}", soft_wrap=True, markup=False)
+        shutil.rmtree(output)
     try:
         exporter.main(record.checkpoint, str(checkpoint), fmt, output, pre, sample_paths,
                       say=lambda m: out.print(m, soft_wrap=True, markup=False, highlight=False))

@@ -119,12 +119,20 @@ def decide(cfg: RunConfig) -> str:
     return RESUME
 
 
-def clear(paths: RunPaths) -> None:
-    """--overwrite: the old run's checkpoints, metrics, TensorBoard events, logs and records, together."""
-    for folder in (paths.checkpoints, paths.tb, paths.logs):
-        shutil.rmtree(folder, ignore_errors=True)
-    for name in (paths.metrics, paths.outcome, paths.position, paths.stop):
-        try:
-            os.remove(name)
-        except FileNotFoundError:
-            pass
+def clear(paths: RunPaths) -> list[str]:
+    """--overwrite: everything the old run made (checkpoints, metrics, TensorBoard events, logs, records,
+    exports made inside it), together; the new run writes its own config. Returns the names removed."""
+    try:
+        names = sorted(os.listdir(paths.root))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(paths.root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            name += "/"
+        else:
+            os.remove(path)
+        removed.append(name)
+    return removed

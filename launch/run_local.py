@@ -8,6 +8,7 @@ sends SIGTERM to torchrun, a third kills its whole process group.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -44,8 +45,10 @@ def write_launch_record(run_dir: str, record: dict) -> None:
 
 
 def run(argv: list[str], env: dict, stop_file: str, say=print, stderr_path: str | None = None
-        ) -> tuple[int, str | None]:
-    """Run argv to the end. Returns (exit code, name of the first stop signal received, if any).
+        ) -> tuple[int, list[str]]:
+    """Run argv to the end. Returns (exit code, the names of the stop signals received, in order).
+    The first signal asks for a stop at the next step boundary (STOP file); a second one kills the whole
+    process tree at once: checkpoints are written atomically, so last.pt is then the last whole one.
     stderr_path: where torchrun's own stderr goes (its failure dump), instead of the terminal."""
     received: list[str] = []
     stderr = None
@@ -64,14 +67,13 @@ def run(argv: list[str], env: dict, stop_file: str, say=print, stderr_path: str 
             open(stop_file, "a").close()
             say(f"{received[0]}: stopping at the next step boundary and writing last.pt "
                 "(again to stop at once)")
-        elif len(received) == 2:
-            proc.send_signal(signal.SIGTERM)
         else:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     old = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     try:
-        return proc.wait(), (received[0] if received else None)
+        return proc.wait(), received
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -36,7 +36,7 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     for p in problems:
         warn(p.message)
     if not dry_run and cfg.overwrite:
-        run_dir.clear(paths)
+        say_cleared(run_dir.clear(paths), cfg.run_dir, out)
     if cfg.slurm:
         from launch import slurm_launch
 
@@ -56,6 +56,12 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     if node is not None:
         out.print(f"  {node.describe()}; {_env_summary(env)}", soft_wrap=True, markup=False)
     return run_here(cfg, plan, argv, typed, out, env)
+
+
+def say_cleared(removed: list[str], folder: str, out) -> None:
+    if removed:
+        out.print(f"--overwrite: removed {', '.join(removed)} from {folder}", soft_wrap=True, markup=False,
+                  highlight=False)
 
 
 def say_complete(cfg: RunConfig, out) -> int:
@@ -82,14 +88,18 @@ def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], typed: list[s
     clear_failures(cfg.run_dir)
     run_dir.write_outcome(paths, "running")
     started = time.monotonic()
-    code, signalled = run(argv, env, paths.stop, say=lambda m: out.print(f"[yellow]{m}[/]", soft_wrap=True),
-                          stderr_path=os.path.join(paths.logs, "torchrun.err"))
+    code, signals = run(argv, env, paths.stop, say=lambda m: out.print(f"[yellow]{m}[/]", soft_wrap=True),
+                        stderr_path=os.path.join(paths.logs, "torchrun.err"))
     stopped = os.path.exists(paths.stop)
     _remove(paths.stop)
-    return finish(cfg, code, signalled or (paths.stop if stopped else None), time.monotonic() - started, typed, out)
+    if len(signals) > 1:  # stopped at once: whatever torchrun's exit, the run is stopped, not failed
+        code = 0
+    stopped_by = signals[0] if signals else (paths.stop if stopped else None)
+    return finish(cfg, code, stopped_by, time.monotonic() - started, typed, out, at_once=len(signals) > 1)
 
 
-def finish(cfg: RunConfig, code: int, stopped_by: str | None, seconds: float, typed: list[str], out) -> int:
+def finish(cfg: RunConfig, code: int, stopped_by: str | None, seconds: float, typed: list[str], out,
+           at_once: bool = False) -> int:
     """Say how the run ended (summary, stop position and the resume command, or the failing rank's line),
     record it in outcome.json, and return the exit code."""
     paths = RunPaths(cfg.run_dir)
@@ -99,8 +109,13 @@ def finish(cfg: RunConfig, code: int, stopped_by: str | None, seconds: float, ty
         run_dir.write_outcome(paths, "stopped", wall_seconds=wall)
         at = (f"epoch {where.get('epoch')}, step {where.get('batch')} of {where.get('batches')}"
               if where.get("batch") else f"the end of epoch {where.get('epoch', 1) - 1}")
-        out.print(f"[yellow]stopped[/] by {stopped_by} at {at}; {paths.last} is written. Resume with the same "
-                  f"command:\n  {shlex.join(typed)}", soft_wrap=True, highlight=False)
+        if at_once:
+            saved = f"{paths.last} holds {at}" if where else "no checkpoint was written yet"
+            out.print(f"[yellow]stopped at once[/] by a second {stopped_by}; {saved}. Resume with the same "
+                      f"command:\n  {shlex.join(typed)}", soft_wrap=True, highlight=False)
+        else:
+            out.print(f"[yellow]stopped[/] by {stopped_by} at {at}; {paths.last} is written. Resume with the same "
+                      f"command:\n  {shlex.join(typed)}", soft_wrap=True, highlight=False)
         return {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}.get(stopped_by, STOPPED_EXIT)
     if code != 0:
         run_dir.write_outcome(paths, "failed", wall_seconds=wall)
@@ -214,7 +229,7 @@ def train_in_place(cfg: RunConfig, typed: list[str], out, warn) -> int:
         if not p.warning:
             raise ConfigError(p.message)
     if single and cfg.overwrite:
-        run_dir.clear(RunPaths(cfg.run_dir))
+        say_cleared(run_dir.clear(RunPaths(cfg.run_dir)), cfg.run_dir, out)
     os.makedirs(cfg.run_dir, exist_ok=True)
     workers.start_server(cfg.workers)  # the loader workers' fork server imports torch beside us
     from distrib import train  # torch is imported here, only when a rank really runs
