@@ -225,8 +225,8 @@ def _check_export_output(output: str, checkpoint: str) -> bool:
         pass
     if source and os.path.realpath(source) == os.path.realpath(checkpoint):
         return True
-    what = f"an export of {source}" if source else "not an empty folder"
-    raise ConfigError(f"--output {output} holds {what}; give a new folder (an export is one folder: the model "
+    what = f"holds an export of {source}" if source else "exists and is not an empty folder"
+    raise ConfigError(f"--output {output} {what}; give a new folder (an export is one folder: the model "
                       "file and model.json of one checkpoint)")
 
 
