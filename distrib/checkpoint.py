@@ -84,6 +84,11 @@ def load(path: str) -> dict:
     if not os.path.isfile(path):
         what = "is a directory" if os.path.isdir(path) else "does not exist"
         raise UnusableCheckpoint(f"checkpoint {path} {what}; give the path of a .pt file")
+    kind = _not_torch_file(path)
+    if kind:
+        raise UnusableCheckpoint(f"{path} is not a checkpoint or weights file ({kind}); give a file torch.save "
+                                 "wrote (RUN_DIR/checkpoints/best.pt, a state_dict .pt/.pth), a .safetensors "
+                                 "file or a `distrain export` folder")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the refusal says it
             warnings.simplefilter("ignore", UserWarning)
@@ -98,16 +103,40 @@ def load(path: str) -> dict:
                                  f"{first[:200]}); give an intact .pt file") from None
 
 
+SIGNATURES = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
+              b"RIFF": "a RIFF file (WEBP image?)", b"%PDF": "a PDF", b"\x1f\x8b": "gzip data"}
+
+
+def _not_torch_file(path: str) -> str | None:
+    """What the file is when it cannot be one torch.save wrote (a zip archive, or a pickle for the legacy
+    format): a few known signatures, text, or None when it may be one."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    for magic, what in SIGNATURES.items():
+        if head.startswith(magic):
+            return f"it is {what}"
+    if not head:
+        return "it is empty"
+    try:
+        head.decode("utf-8")
+        return "it is text"
+    except UnicodeDecodeError:
+        return "neither a zip archive nor a pickle"
+
+
 def _unpickler_reason(e: Exception) -> str:
-    """The informative part of torch's long weights_only message, e.g. 'Unsupported global: GLOBAL
-    os.system', without its advice to turn the check off."""
+    """The informative line of torch's long weights_only message, e.g. 'unsupported GLOBAL posix.system',
+    without its advice to turn the check off."""
     text = str(e)
     _, _, detail = text.partition("WeightsUnpickler error:")
     lines = [line.strip() for line in (detail or text).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "global" in line]
     if not lines:
         return type(e).__name__
-    reason = lines[0].split(" was not an allowed global")[0]
-    reason = reason.split(". Please")[0].split(" Please")[0].rstrip(" .")
+    reason = (named or lines)[0].split(" was not an allowed global")[0].split(" whose module")[0]
+    reason = reason.removeprefix("Trying to load ").split(". Please")[0].split(" Please")[0].rstrip(" .")
     return reason[:160]
 
 
