@@ -234,13 +234,18 @@ def _summary(cfg, env, device, loaders, progress) -> str:
     where = f"{env.world_size} x {device.type}" + (f" ({torch.cuda.get_device_name(device)})"
                                                    if device.type == "cuda" else "")
     global_batch, accum = cfg.global_batch(env.world_size), cfg.accum_steps
+    head = (f", head lr {cfg.scaled_lr(env.world_size) * cfg.head_lr_mult:g} (--head-lr-mult {cfg.head_lr_mult:g})"
+            if cfg.head_lr_mult != 1 else "")
+    per_epoch = loaders.train_sampler.batches_per_epoch * cfg.batch_size * env.world_size
+    trained = (f" ({per_epoch} of them per epoch: --steps-per-epoch {cfg.steps_per_epoch})"
+               if cfg.steps_per_epoch and per_epoch < loaders.num_train else "")
     lines = [
         f"distrain: {cfg.arch} on {where}, strategy {cfg.strategy}, amp {cfg.amp}, "
         f"channels_last {'on' if cfg.channels_last else 'off'}",
         f"  global batch {global_batch} ({cfg.batch_size} per process{f' x {accum} accumulated' if accum > 1 else ''}), "
-        f"lr {cfg.scaled_lr(env.world_size):g} (= {cfg.lr:g} x {global_batch}/256), optimizer {cfg.optimizer}, "
+        f"lr {cfg.scaled_lr(env.world_size):g} (= {cfg.lr:g} x {global_batch}/256){head}, optimizer {cfg.optimizer}, "
         f"schedule {cfg.schedule}",
-        f"  {loaders.num_train} train / {loaders.num_val} val images, {len(loaders.classes)} classes",
+        f"  {loaders.num_train} train{trained} / {loaders.num_val} val images, {len(loaders.classes)} classes",
         f"  run dir {cfg.run_dir}   tensorboard: distrain tensorboard {os.path.dirname(cfg.run_dir) or '.'}",
     ]
     if cfg.recipe:

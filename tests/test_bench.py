@@ -198,7 +198,12 @@ def test_progress_lines_carry_an_eta():
         ticker.set("input pipeline: timed window of 10 s", seconds_left=10)
         time.sleep(0.3)
     assert lines and all(line.startswith("bench: input pipeline: timed window of 10 s, ") for line in lines)
-    assert re.search(r"s so far, ETA (9|10) s$", lines[0]), lines[0]
+    assert re.search(r"s so far, this part ends in about (9|10) s$", lines[0]), lines[0]
+    late = []
+    with Ticker(late.append, every=0.05) as ticker:  # an estimate that was short never reads "0 s" for long
+        ticker.set("model step: 2 timed steps", seconds_left=0.01)
+        time.sleep(0.3)
+    assert all("ends in about 0 s" not in line for line in late) and "past its estimate" in late[-1], late
 
 
 def test_data_that_is_not_an_imagefolder_is_bad_input(tmp_path):

@@ -135,10 +135,17 @@ def load(root: str, val_split: float | None = None) -> Index | None:
 
 @contextmanager
 def _locked(folder: str):
+    made = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even if this process dies
-        yield
+    try:
+        with open(os.path.join(folder, "lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even if this process dies
+            yield
+    except BaseException:
+        if made and os.listdir(folder) == ["lock"]:  # a refused dataset keeps no trace of us in DATA
+            os.remove(os.path.join(folder, "lock"))
+            os.rmdir(folder)
+        raise
 
 
 def ensure(root: str, val_split: float | None = None, rebuild: bool = False) -> Index:

@@ -53,8 +53,12 @@ class Ticker:
 
     def line(self) -> str:
         now = time.perf_counter()
-        eta = (f"ETA {max(self.ends_at - now, 0):.0f} s" if self.ends_at is not None
-               else "ETA once warmed up")
+        if self.ends_at is None:
+            eta = "ETA once warmed up"
+        elif self.ends_at > now:
+            eta = f"this part ends in about {self.ends_at - now:.0f} s"
+        else:  # the estimate was short (a slow step, the workers' shutdown): say so, never "0 s" for long
+            eta = f"this part is {now - self.ends_at:.0f} s past its estimate"
         return f"bench: {self.phase}, {now - self.started:.0f} s so far, {eta}{self.then}"
 
     def _loop(self) -> None:

@@ -102,7 +102,9 @@ def render(rows: list[dict], topk: int, fmt: str) -> str:
 
 
 def write(rows: list[dict], topk: int, output: str | None) -> None:
-    """The rows to --output (atomically: a reader never sees half a file) or as CSV to stdout."""
+    """The rows to --output (atomically: a reader never sees half a file) or as CSV to stdout. A model
+    with fewer classes than --topk gets as many columns as it has classes."""
+    topk = max((len(r["predictions"]) for r in rows if r.get("predictions")), default=topk)
     text = render(rows, topk, output_format(output))
     if output is None:
         sys.stdout.write(text)
