@@ -10,7 +10,14 @@ import sys
 import pytest
 from conftest import distrain
 
-from distrib.config import SECTIONS, ConfigError, RunConfig, read_run_config, resolve, write_run_config
+from distrib.config import (
+    SECTIONS,
+    ConfigError,
+    RunConfig,
+    read_run_config,
+    resolve,
+    write_run_config,
+)
 
 
 def one_error_line(proc) -> str:
@@ -29,8 +36,8 @@ def one_error_line(proc) -> str:
     ("model", ["--bucket-mb", "0"], "--bucket-mb 0 must be at least 1; e.g. --bucket-mb 25"),
     ("optimisation", ["--label-smoothing", "1"], "--label-smoothing 1.0 must be between 0 and 1, in [0, 1)"),
     ("recipe", ["--ema-decay", "1"], "--ema-decay 1.0 must be between 0 and 1, in (0, 1)"),
-    ("recipe", ["config:recipe = 'nope'"], "--recipe 'nope' is not one of tv-resnet-v1, tv-resnet50-v2; see "
-                                           "`distrain recipes`"),
+    ("recipe", ["config:recipe = 'nope'"], ("--recipe 'nope' is not one of tv-resnet-v1, tv-resnet50-v2; see "
+                                            "`distrain recipes`")),
     ("run", ["config:device = 'tpu'"], "--device 'tpu' is not one of auto, cpu, cuda"),
 ])
 def test_a_bad_value_in_each_section_is_one_line_and_exit_2(tmp_path, section, args, message):

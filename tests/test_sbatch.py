@@ -162,17 +162,18 @@ def test_time_formats(value, seconds):
 @pytest.mark.parametrize("kw,needle", [
     ({"time": "24h"}, "--time '24h'"), ({"time": "1:2:3:4"}, "--time"), ({"time": "-1"}, "--time"),
     ({"time": "00:04:00"}, "--signal-seconds 300"), ({"mem": "64GB"}, "--mem '64GB'"), ({"mem": "lots"}, "--mem"),
-    ({"partition": "gpu a"}, "--partition"), ({"account": "x'y"}, "--account"), ({"qos": "q\nq"}, "line break"),
+    ({"partition": "gpu a"}, "--partition"), ({"account": "x'y"}, "--account"),
+    ({"qos": "q\nq"}, "--qos 'q\\nq' is not a SLURM name"),
     ({"sbatch_arg": ["-N2"]}, "--sbatch-arg '-N2'"), ({"sbatch_arg": ["constraint=a100"]}, "long option"),
     ({"sbatch_arg": ["--"]}, "--sbatch-arg"), ({"sbatch_arg": ["--nodes=3"]}, "use --nodes"),
     ({"sbatch_arg": ["--time=1:00:00"]}, "use --time"), ({"sbatch_arg": ["--a\n--b"]}, "line break"),
     ({"setup": ["module load a\nrm -rf /"]}, "--setup"), ({"cpus_per_gpu": 0}, "--cpus-per-gpu"),
     ({"signal_seconds": 0}, "--signal-seconds"), ({"signal_seconds": 70000}, "--signal-seconds"),
-    ({"run_dir": "/tmp/a\nb"}, "--run-dir"), ({"run_dir": "/tmp/a\\b", "slurm": True}, "backslash"), ({"data": "/d\n"}, "--data"),
+    ({"run_dir": "/tmp/a\nb"}, "--run-dir"), ({"run_dir": "/tmp/a\\b"}, "backslash"), ({"data": "/d\n"}, "--data"),
 ])
 def test_validation_errors(kw, needle):
     """The SLURM options are checked by RunConfig.validate() like every other option (distrib/config/)."""
-    cfg = RunConfig(synthetic=True, **kw)
+    cfg = RunConfig(synthetic=True, slurm=True, **kw)
     with pytest.raises(ConfigError) as e:
         cfg.validate()
     assert needle in str(e.value) and "\n" not in str(e.value)

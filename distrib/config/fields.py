@@ -33,15 +33,12 @@ def flag(name: str) -> str:
 # ---------------------------------------------------------------- the generic check of one value
 
 def check_field(f, value) -> str | None:
-    """What is wrong with this field's value, as one line (None: nothing). Types are the TOML reader's and
-    the CLI's job, but a config built in Python is checked here too."""
+    """What is wrong with this field's value, as one line (None: nothing): choices, then bounds, then form.
+    (Types are checked just before, in validate.py.)"""
     if value is None:
         return None
     meta = f.metadata
     items = value if isinstance(value, tuple) else (value,)
-    for item in items:
-        if isinstance(item, str) and any(c in item for c in "\n\r\0"):
-            return f"{flag(f.name)} {item!r} contains a line break; give it on one line"
     if meta["choices"] and value not in meta["choices"]:
         fix = meta["fix"] or "use one of them"
         return f"{flag(f.name)} {value!r} is not one of {', '.join(meta['choices'])}; {fix}"

@@ -38,7 +38,7 @@ class RunConfig(*reversed(SECTIONS)):
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Checks that need nothing but the values (distrib/config/validate.py); raises ConfigError."""
         validate(self)
         return self
@@ -65,7 +65,7 @@ class RunConfig(*reversed(SECTIONS)):
         """--lr is given per 256 images; linear scaling rule (Goyal et al. 2017) to the global batch."""
         return self.lr * self.global_batch(world_size) / 256
 
-    def with_run_dir(self) -> "RunConfig":
+    def with_run_dir(self) -> RunConfig:
         """Fill in the default run dir once: runs/<arch>-<hash of the data path and the training math>.
         The same command (on any node, at any time, with more --epochs) finds the same run and resumes it.
         Only values that differ from the defaults enter the hash, so a new option leaves old names alone;

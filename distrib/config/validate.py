@@ -77,6 +77,17 @@ def time_outlasts_signal(cfg) -> str | None:
                 "told to stop as soon as it starts; raise --time or lower --signal-seconds")
 
 
+def one_line_for_sbatch(cfg) -> str | None:
+    """The job script takes every value on one line (locally, quoting carries any path through)."""
+    if not cfg.slurm:
+        return None
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, str) and any(c in item for c in "\n\r\0"):
+                return f"{flag(f.name)} {item!r} contains a line break; give it on one line"
+
+
 def sbatch_run_dir(cfg) -> str | None:
     if cfg.slurm and cfg.run_dir and "\\" in cfg.run_dir:
         return (f"--run-dir {cfg.run_dir!r} contains a backslash, which sbatch --output cannot express; choose a "
@@ -95,7 +106,8 @@ def resume_file_exists(cfg) -> str | None:
 
 
 RULES = (nodes_in_order, data_or_synthetic, dp_is_one_node, dp_is_one_process, lr_min_below_lr,
-         frozen_backbone_has_no_sync_bn, one_source_of_weights, time_outlasts_signal, sbatch_run_dir, weights_file_exists, resume_file_exists)
+         frozen_backbone_has_no_sync_bn, one_source_of_weights, time_outlasts_signal, one_line_for_sbatch,
+         sbatch_run_dir, weights_file_exists, resume_file_exists)
 
 
 # ---------------------------------------------------------------- types (what Python callers may get wrong)
