@@ -148,8 +148,7 @@ def predict(inputs: list[str], checkpoint, model_dir, topk: int, output, cli: di
     if topk < 1:
         raise ConfigError(f"--topk {topk} must be at least 1")
     batch_size = cli.get("batch_size", 64)
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size} must be at least 1")
+    RunConfig(synthetic=True, **{**cli, "batch_size": batch_size}, gpus=gpus, procs=procs).validate()
     output = str(output) if output else None
     predict_io.output_format(output)  # a bad --output is found before any image is read
     paths = predict_io.list_inputs([str(p) for p in inputs])
@@ -159,14 +158,12 @@ def predict(inputs: list[str], checkpoint, model_dir, topk: int, output, cli: di
         record = read_checkpoint(checkpoint)
         pre = settle_preprocessing(record, cli, warn)
         gpus = check_gpus(gpus)
-        if gpus == 0 and procs < 1:
-            raise ConfigError(f"--procs {procs} must be at least 1")
         nprocs = gpus if gpus > 0 else procs
         cfg = RunConfig(synthetic=True,  # no dataset: the images come from predict-inputs.json
                         arch=record.arch, image_size=pre.crop_size, val_crop_size=pre.crop_size,
                         val_resize_size=pre.resize_size, batch_size=batch_size,
                         workers=cli.get("workers", max_workers(nprocs)), gpus=gpus, procs=procs, resume="never",
-                        device="cpu" if gpus == 0 else "cuda")
+                        device="cpu" if gpus == 0 else "cuda").validate()
         with scratch_run_dir("predict") as run_dir:
             run_paths = RunPaths(run_dir)
             with open(run_paths.predict_inputs, "w") as fh:
@@ -234,6 +231,7 @@ def export(checkpoint, fmt: str, output, samples: list[str], cli: dict, out, war
     """Write OUTPUT/model.* + model.json and check the file against the checkpoint's model."""
     import importlib.util
 
+    RunConfig(synthetic=True, **cli).validate()  # the preprocessing sizes typed
     output = str(output)
     replacing = _check_export_output(output, str(checkpoint))
     missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None] if fmt == "onnx" else []

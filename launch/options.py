@@ -1,4 +1,4 @@
-"""Typer options generated from RunConfig's fields, so every option is declared once (distrib/config.py).
+"""Typer options generated from RunConfig's fields, so every option is declared once (distrib/config/).
 
 `run_options(groups)` decorates a command: the command receives `cli`, the options the user actually typed
 (click's ParameterSource), which `distrib.config.resolve` merges over --config and the defaults.
@@ -13,14 +13,14 @@ import typing
 
 import typer
 
-from distrib.config import RunConfig, option_fields
+from distrib.config import field_types, option_fields
 
 EXAMPLES_PANEL = "Examples"
 
 
 @functools.cache
 def _field_types() -> dict[str, object]:
-    return typing.get_type_hints(RunConfig)  # evaluating annotations is slow: once, not per option
+    return field_types()  # evaluating annotations is slow: once, not per option
 
 
 def _typer_option(f: dataclasses.Field) -> tuple[object, object]:
@@ -28,13 +28,13 @@ def _typer_option(f: dataclasses.Field) -> tuple[object, object]:
     hint = _field_types()[f.name]
     meta = f.metadata
     flag = "--" + f.name.replace("_", "-")
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    default = f.default
     decls = [f"{flag}/--no-{flag[2:]}"] if hint is bool else [flag]
     kwargs = dict(help=meta["help"], rich_help_panel=meta["group"])
     if meta.get("choices"):
         hint = typing.Literal[meta["choices"]]
-    if typing.get_origin(hint) is list:
-        default = None  # typer wants None for "not given" on repeatable options
+    if typing.get_origin(hint) is tuple:  # a repeatable option (RunConfig keeps it as a tuple)
+        hint, default = list[str], None  # typer wants a list, and None for "not given"
     return hint, typer.Option(default, *decls, **kwargs)
 
 
@@ -84,7 +84,7 @@ def command_line(command: str, cli: dict, config_file=None) -> list[str]:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             argv.append(flag if value else f"--no-{flag[2:]}")
-        elif isinstance(value, list):
+        elif isinstance(value, (list, tuple)):
             for item in value:
                 argv += [flag, str(item)]
         elif value is not None:

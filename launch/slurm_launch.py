@@ -10,7 +10,7 @@ from distrib.config import ConfigError, RunConfig, write_run_config
 from distrib.runtime.hangs import hang_dir
 from launch import topology
 from launch.run_local import write_launch_record
-from slurm.sbatch import SbatchJob, activate_line, render_sbatch, validate_slurm_options
+from slurm.sbatch import SbatchJob, activate_line, render_sbatch
 from slurm.submit import SlurmError, submit
 
 
@@ -25,7 +25,6 @@ def job_for(cfg: RunConfig, plan: topology.Plan) -> SbatchJob:
 
 
 def launch(cfg: RunConfig, plan: topology.Plan, typed: list[str], dry_run: bool, out) -> int:
-    validate_slurm_options(cfg)
     if plan.min_nodes != plan.max_nodes:
         raise ConfigError(f"--nodes {cfg.nodes}: a SLURM job has a fixed node count; use --nodes {plan.max_nodes}")
     cfg = dataclasses.replace(cfg, run_dir=os.path.abspath(cfg.run_dir))  # the nodes see it from anywhere

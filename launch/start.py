@@ -254,9 +254,8 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
 
     if not cli.get("data"):
         raise ConfigError("eval needs --data DIR (the ImageFolder root whose val/ to score)")
+    RunConfig(**cli, gpus=gpus, procs=procs).validate()  # what was typed, before anything is read
     gpus = model_tools.check_gpus(gpus)
-    if gpus == 0 and procs < 1:
-        raise ConfigError(f"--procs {procs} must be at least 1")
     nprocs = gpus if gpus > 0 else procs
     record = model_tools.read_checkpoint(checkpoint)
     with model_tools.scratch_run_dir("eval-data") as scratch:

@@ -85,7 +85,6 @@ def make_plan(cfg: RunConfig, gpus_here: int, allocated_nodes: int | None = None
             if not cfg.rdzv_endpoint:
                 raise ConfigError(f"--nodes {cfg.nodes} outside SLURM needs --rdzv-endpoint HOST:PORT (the first "
                                   "node's address); run the same command on every node, or use --slurm")
-            _check_endpoint(cfg.rdzv_endpoint)
     global_batch = cfg.global_batch(procs * hi)
     endpoint = cfg.rdzv_endpoint
     if endpoint and ":" not in endpoint:
@@ -93,12 +92,6 @@ def make_plan(cfg: RunConfig, gpus_here: int, allocated_nodes: int | None = None
     return Plan(mode=mode, min_nodes=lo, max_nodes=hi, procs_per_node=procs, device=device,
                 global_batch=global_batch, lr=cfg.scaled_lr(procs * hi), rdzv_endpoint=endpoint,
                 rdzv_id=rdzv_id(cfg) if mode == "c10d" else None)
-
-
-def _check_endpoint(endpoint: str) -> None:
-    host, _, port = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", str(DEFAULT_RDZV_PORT))
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--rdzv-endpoint {endpoint!r} is not HOST:PORT; use e.g. --rdzv-endpoint node01:29400")
 
 
 def rdzv_id(cfg: RunConfig) -> str:

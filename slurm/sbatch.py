@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from distrib.config import ConfigError, RunConfig
 
@@ -39,75 +39,8 @@ class SbatchJob:
     env: tuple[tuple[str, str], ...] = ()  # what each node's ranks get unless the job's environment has it
 
 
-# --time forms sbatch accepts: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
-_TIME = re.compile(r"(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
-                   r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)")
-_MEM = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
-_NAME = re.compile(r"[\w.,:+@-]+", re.ASCII)
-# Options distrain writes itself: passing them again would contradict the run's topology or requeue logic.
-_OWNED = {
-    "--nodes": "--nodes", "--ntasks": "--nodes/--gpus/--procs", "--ntasks-per-node": "--gpus/--procs",
-    "--gpus": "--gpus", "--gpus-per-node": "--gpus", "--gres": "--gpus and --gpu-directive",
-    "--cpus-per-task": "--cpus-per-gpu", "--mem": "--mem", "--time": "--time", "--partition": "--partition",
-    "--account": "--account", "--qos": "--qos", "--exclusive": "--exclusive", "--output": "--run-dir",
-    "--error": "--run-dir", "--open-mode": "--run-dir", "--signal": "--signal-seconds",
-    "--requeue": "--max-requeues", "--no-requeue": "--max-requeues 0",
-}
-
-
-def time_limit_seconds(value: str) -> int | None:
-    """Seconds in a SLURM --time value; None for INFINITE/UNLIMITED; ConfigError when malformed."""
-    if value.upper() in ("INFINITE", "UNLIMITED"):
-        return None
-    m = _TIME.fullmatch(value)
-    if not m:
-        raise ConfigError(f"--time {value!r} is not a SLURM time; use MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
-                          "D-HH:MM:SS, e.g. --time 24:00:00 or --time 2-00:00:00")
-    g = {k: int(v) for k, v in m.groupdict().items() if v is not None}
-    if "d" in g:
-        return ((g["d"] * 24 + g["dh"]) * 60 + g.get("dm", 0)) * 60 + g.get("ds", 0)
-    if "c" in g:  # HH:MM:SS
-        return (g["a"] * 60 + g["b"]) * 60 + g["c"]
-    return g["a"] * 60 + g.get("b", 0)  # MM or MM:SS
-
-
-def validate_slurm_options(cfg: RunConfig) -> None:
-    """Everything about the SLURM options that can be checked without a cluster; raises ConfigError."""
-    for f in fields(cfg):
-        values = getattr(cfg, f.name)
-        for v in values if isinstance(values, list) else [values]:
-            if isinstance(v, str) and ("\n" in v or "\r" in v or "\0" in v):
-                raise ConfigError(f"--{_flag(f.name)} {v!r} contains a line break; give it on one line")
-    if cfg.run_dir and "\\" in cfg.run_dir:
-        raise ConfigError(f"--run-dir {cfg.run_dir!r} contains a backslash, which sbatch --output cannot "
-                          "express; choose a run directory without one")
-    limit = time_limit_seconds(cfg.time) if cfg.time else None
-    if cfg.mem is not None and not _MEM.fullmatch(cfg.mem):
-        raise ConfigError(f"--mem {cfg.mem!r} is not a SLURM memory size; use a number with an optional K, M, "
-                          "G or T suffix, e.g. --mem 64G, or --mem 0 for all of the node's memory")
-    for name in ("partition", "account", "qos"):
-        value = getattr(cfg, name)
-        if value is not None and not _NAME.fullmatch(value):
-            raise ConfigError(f"--{name} {value!r} is not a SLURM name; use letters, digits and _ . , : + @ - "
-                              f"only, e.g. --{name} gpu")
-    if cfg.cpus_per_gpu is not None and cfg.cpus_per_gpu < 1:
-        raise ConfigError(f"--cpus-per-gpu {cfg.cpus_per_gpu} must be at least 1; leave it out for SLURM's default")
-    if not 1 <= cfg.signal_seconds <= 65535:
-        raise ConfigError(f"--signal-seconds {cfg.signal_seconds} must be between 1 and 65535, e.g. 300")
-    if limit is not None and limit <= cfg.signal_seconds:
-        raise ConfigError(f"--time {cfg.time} is not longer than --signal-seconds {cfg.signal_seconds}: the job "
-                          "would be told to stop as soon as it starts; raise --time or lower --signal-seconds")
-    for arg in cfg.sbatch_arg:
-        if not arg.startswith("--") or len(arg) == 2:
-            raise ConfigError(f"--sbatch-arg {arg!r} must be one long option, e.g. --sbatch-arg "
-                              "--constraint=a100 (write short options in their long form)")
-        owned = _OWNED.get(arg.partition("=")[0])
-        if owned:
-            raise ConfigError(f"--sbatch-arg {arg!r} sets what distrain writes itself; use {owned} instead")
-
-
 def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
-    """The whole job script. Call validate_slurm_options(cfg) first; job values are checked here."""
+    """The whole job script, of a validated cfg (RunConfig.validate); job values are checked here."""
     if "\n" in job.run_dir or "\\" in job.run_dir:
         raise ConfigError(f"run dir {job.run_dir!r} contains a line break or backslash; choose another --run-dir")
     srun_launch = cfg.launcher == "srun"
@@ -233,10 +166,6 @@ def _sbatch_word(value: str) -> str:
     if re.fullmatch(r"[\w.,:+@/%=-]+", value, re.ASCII):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def activate_line(environ: dict[str, str]) -> str | None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torchvision.transforms.autoaugment as tv_aa
 from conftest import TINY, assert_ok, distrain, metrics
-from distrib.recipe.ra_sampler import RASampler
+from distrib.data.samplers import RASampler
 from imagefolder import make_imagefolder
 from torchvision.transforms import InterpolationMode
 

@@ -17,14 +17,8 @@ from pathlib import Path
 import pytest
 from slurm_cluster import FINAL_STATES, cluster_available, job_restarts, wait_job
 
-from distrib.config import ConfigError, RunConfig
-from slurm.sbatch import (
-    SbatchJob,
-    activate_line,
-    render_sbatch,
-    time_limit_seconds,
-    validate_slurm_options,
-)
+from distrib.config import ConfigError, RunConfig, time_limit_seconds
+from slurm.sbatch import SbatchJob, activate_line, render_sbatch
 from slurm.submit import SlurmError, job_state, submission_env, submit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +33,7 @@ def make(run_dir="/shared/runs/resnet50", gpus=8, procs=8, nodes=2, rank_argv=No
                     procs_per_node=procs, python=python, activate=activate,
                     rank_argv=tuple(rank_argv or ("-m", "distrib", "train", f"{run_dir}/config.toml")),
                     max_restarts=max_restarts, env=env)
-    validate_slurm_options(cfg)
+    cfg.validate()
     return cfg, job
 
 
@@ -168,7 +162,8 @@ def test_time_formats(value, seconds):
 @pytest.mark.parametrize("kw,needle", [
     ({"time": "24h"}, "--time '24h'"), ({"time": "1:2:3:4"}, "--time"), ({"time": "-1"}, "--time"),
     ({"time": "00:04:00"}, "--signal-seconds 300"), ({"mem": "64GB"}, "--mem '64GB'"), ({"mem": "lots"}, "--mem"),
-    ({"partition": "gpu a"}, "--partition"), ({"account": "x'y"}, "--account"), ({"qos": "q\nq"}, "line break"),
+    ({"partition": "gpu a"}, "--partition"), ({"account": "x'y"}, "--account"),
+    ({"qos": "q\nq"}, "--qos 'q\\nq' is not a SLURM name"),
     ({"sbatch_arg": ["-N2"]}, "--sbatch-arg '-N2'"), ({"sbatch_arg": ["constraint=a100"]}, "long option"),
     ({"sbatch_arg": ["--"]}, "--sbatch-arg"), ({"sbatch_arg": ["--nodes=3"]}, "use --nodes"),
     ({"sbatch_arg": ["--time=1:00:00"]}, "use --time"), ({"sbatch_arg": ["--a\n--b"]}, "line break"),
@@ -177,18 +172,19 @@ def test_time_formats(value, seconds):
     ({"run_dir": "/tmp/a\nb"}, "--run-dir"), ({"run_dir": "/tmp/a\\b"}, "backslash"), ({"data": "/d\n"}, "--data"),
 ])
 def test_validation_errors(kw, needle):
-    cfg = RunConfig(synthetic=True, **kw)
+    """The SLURM options are checked by RunConfig.validate() like every other option (distrib/config/)."""
+    cfg = RunConfig(synthetic=True, slurm=True, **kw)
     with pytest.raises(ConfigError) as e:
-        validate_slurm_options(cfg)
+        cfg.validate()
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_valid_options_pass():
-    validate_slurm_options(RunConfig(synthetic=True, time="2-00:00:00", mem="500M", partition="gpu,gpu-long",
-                                     account="proj_1", qos="normal", cpus_per_gpu=8, signal_seconds=600,
-                                     sbatch_arg=["--constraint=a100", "--mail-type=END"], setup=["module load cuda"]))
+    RunConfig(synthetic=True, time="2-00:00:00", mem="500M", partition="gpu,gpu-long", account="proj_1",
+              qos="normal", cpus_per_gpu=8, signal_seconds=600, sbatch_arg=["--constraint=a100", "--mail-type=END"],
+              setup=["module load cuda"]).validate()
     for mem in ("0", "64G", "1T", "64g"):
-        validate_slurm_options(RunConfig(synthetic=True, mem=mem))
+        RunConfig(synthetic=True, mem=mem).validate()
 
 
 def test_render_refuses_line_break_in_run_dir():

@@ -50,19 +50,20 @@ def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_s
         say=lambda line: None) -> dict:
     """Measure; raise ConfigError (exit 2 in the CLI) for bad input. say(line): progress, at least every 20 s."""
     workers = default_workers() if workers is None else workers
-    _check_args(data, synthetic, loader_only, image_size, batch_size, workers, device, steps, seconds)
+    _check_args(data, synthetic, loader_only, steps, seconds)
     # --synthetic asks for the model step alone (even with --data); --loader-only for the files alone.
     mode = "loader" if loader_only else "synthetic" if synthetic else "both"
+    cfg = RunConfig(data=data, synthetic=mode == "synthetic", arch=arch, image_size=image_size,
+                    batch_size=batch_size, workers=workers, amp=amp, channels_last=channels_last, compile=compile,
+                    decode=decode, device=device).validate()
     if mode != "synthetic":
-        formats.check(RunConfig(data=data))
+        formats.check(cfg)
     import torch
 
     from distrib.precision import resolve_precision
 
     dev = _device(device)
-    cfg = resolve_precision(RunConfig(data=data, synthetic=mode == "synthetic", arch=arch, image_size=image_size,
-                                      batch_size=batch_size, workers=workers, amp=amp, channels_last=channels_last,
-                                      compile=compile, decode=decode), dev)
+    cfg = resolve_precision(cfg, dev)
     if cfg.amp == "fp16" and dev.type != "cuda":
         raise ConfigError("--amp fp16 needs a CUDA GPU (its loss scaling is for GPU autocast); "
                           "use --amp bf16 or --amp off on the CPU")
@@ -86,17 +87,14 @@ def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_s
     return result
 
 
-def _check_args(data, synthetic, loader_only, image_size, batch_size, workers, device, steps, seconds) -> None:
+def _check_args(data, synthetic, loader_only, steps, seconds) -> None:
+    """bench's own options; the RunConfig ones are checked by RunConfig.validate()."""
     if not data and not synthetic:
         raise ConfigError("bench needs --data DIR (real files) or --synthetic (model step only)")
     if loader_only and not data:
         raise ConfigError("--loader-only measures real files: pass --data DIR")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device {device!r} is not one of auto, cpu, cuda")
-    for flag, value, low in (("--image-size", image_size, 1), ("--batch-size", batch_size, 1),
-                             ("--steps", steps, 1), ("--workers", workers, 0)):
-        if value < low:
-            raise ConfigError(f"{flag} {value} must be at least {low}")
+    if steps < 1:
+        raise ConfigError(f"--steps {steps} must be at least 1; e.g. --steps 20")
     if not seconds > 0:
         raise ConfigError(f"--seconds {seconds} must be positive (the loader's timed window, e.g. 10)")
 
