@@ -19,6 +19,7 @@ import numpy as np
 from distrib.config import ConfigError
 from distrib.data import index
 from distrib.data.shards import ARRAYS, INDEX, MANIFEST, image_ext, member_key
+from distrib.files import write_atomic
 
 DEFAULT_SHARD_BYTES = 1 << 30
 
@@ -144,8 +145,5 @@ def _finish(out: str, classes: list[str], layouts: dict) -> dict:
                 "shardlist": [{"url": f"{split}/{s['name']}", "nsamples": s["count"]} for s in shards]}
         with open(os.path.join(out, f"{split}.wids.json"), "w") as f:
             json.dump(wids, f, indent=1)
-    tmp = os.path.join(out, f".{MANIFEST}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out, MANIFEST))
+    write_atomic(os.path.join(out, MANIFEST), manifest, as_json=True, indent=1, hidden=True)
     return manifest
