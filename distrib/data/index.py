@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import socket
 import time
@@ -39,7 +38,7 @@ import numpy as np
 
 from distrib.config import ConfigError
 from distrib.data import layout
-from distrib.files import atomic_file, write_atomic
+from distrib.files import atomic_file, read_json, write_atomic
 
 VERSION = 1
 INDEX_DIR = ".distrain-index"
@@ -116,11 +115,7 @@ def _fresh(root: str, meta: dict, splits: tuple[str, ...]) -> bool:
 
 
 def _read_meta(folder: str) -> dict | None:
-    try:
-        with open(os.path.join(folder, META)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return read_json(os.path.join(folder, META))
 
 
 def load(root: str, val_split: float | None = None) -> Index | None:

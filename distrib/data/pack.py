@@ -19,7 +19,7 @@ import numpy as np
 from distrib.config import ConfigError
 from distrib.data import index
 from distrib.data.shards import ARRAYS, INDEX, MANIFEST, image_ext, member_key
-from distrib.files import write_atomic
+from distrib.files import read_json, write_atomic
 
 DEFAULT_SHARD_BYTES = 1 << 30
 
@@ -83,12 +83,7 @@ def _forget_other_plan(folder: str, ranges: list[tuple[int, int]]) -> None:
     """Finished shards count only for the plan they were written for (DATA or --shard-size may have changed)."""
     os.makedirs(folder, exist_ok=True)
     plan_file, want = os.path.join(folder, ".plan.json"), [list(r) for r in ranges]
-    try:
-        with open(plan_file) as f:
-            same = json.load(f) == want
-    except (OSError, ValueError):
-        same = False
-    if not same:
+    if read_json(plan_file) != want:
         for name in os.listdir(folder):
             if name.endswith(".offsets.npy"):
                 os.remove(os.path.join(folder, name))
