@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from distrib.config import ConfigError
+from distrib.files import atomic_file, write_atomic
 
 LOW_SPACE_BYTES = 64 * 2**20
 log = logging.getLogger("distrain")
@@ -38,15 +39,10 @@ def save_atomic(state: dict, path: str) -> None:
     """Temp file in the same directory, fsync, rename, fsync the directory: a reader sees old or new, never half."""
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_file(path, "wb", fsync=True, hidden=True) as fh:
             torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        _remove_quietly(tmp)
         # torch.save's zip writer reports a full disk as "unexpected pos": ask the filesystem instead
         free = shutil.disk_usage(folder).free
         if isinstance(e, OSError) and e.errno == errno.ENOSPC or free < LOW_SPACE_BYTES:
@@ -54,29 +50,12 @@ def save_atomic(state: dict, path: str) -> None:
                                   "checkpoint is intact. Free space on that filesystem or use another --run-dir"
                                   ) from None
         raise CheckpointError(f"could not save {path}: {e}; the previous checkpoint is intact") from None
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_position(paths, **position) -> None:
     """RUN_DIR/position.json beside the checkpoints: where last.pt is, readable without torch (the launcher
     decides "complete" and `distrain status` says "epoch N of M" from it)."""
-    import json
-
-    tmp = f"{paths.position}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(position, fh)
-    os.replace(tmp, paths.position)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+    write_atomic(paths.position, position, as_json=True)
 
 
 def load(path: str) -> dict:

@@ -11,6 +11,9 @@ import os
 import sys
 import time
 
+from distrib.paths import RunPaths
+from distrib.words import duration
+
 log = logging.getLogger("distrain")
 
 EPOCH_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
@@ -37,10 +40,10 @@ class RunWriter(NullWriter):
     def __init__(self, run_dir: str, tty: bool, log_interval: int = 20):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir, self.log_interval = run_dir, log_interval
+        self.paths, self.log_interval = RunPaths(run_dir), log_interval
         self._last_line, self._interval_images = time.monotonic(), 0
         self._first_step_end, self._first_batch, self._estimated = None, 0, False
-        self.tb = SummaryWriter(os.path.join(run_dir, "tb"))
+        self.tb = SummaryWriter(self.paths.tb)
         self.tty = tty
         self.hparams: dict = {}
         self._t0 = time.monotonic()
@@ -54,7 +57,7 @@ class RunWriter(NullWriter):
 
     def _forget_rows_from(self, epoch: int) -> None:
         """Rows past the checkpoint being resumed (a crash between row and checkpoint) are trained again."""
-        path = os.path.join(self.run_dir, "metrics.jsonl")
+        path = self.paths.metrics
         if not os.path.exists(path):
             return
         with open(path) as fh:
@@ -92,7 +95,7 @@ class RunWriter(NullWriter):
             per_step = (now - self._first_step_end) / timed
             self._estimated = True
             log.info("timing: %.2f s per step; one epoch of %d steps takes about %s (plus validation)",
-                     per_step, batches, _duration(per_step * batches))
+                     per_step, batches, duration(per_step * batches))
 
     def progress(self, epoch: int, batch: int, batches: int, loss: float, images_per_sec: float) -> None:
         elapsed = time.monotonic() - self._t0
@@ -114,7 +117,7 @@ class RunWriter(NullWriter):
     def epoch(self, row: dict) -> None:
         if self.tty:
             sys.stdout.write("\n")
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as fh:
+        with open(self.paths.metrics, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         for key, tag in EPOCH_SCALARS.items():
             if key in row:
@@ -134,14 +137,6 @@ class RunWriter(NullWriter):
         self.tb.close()
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def writer_for(rank: int, run_dir: str, log_interval: int = 20) -> NullWriter:
     return RunWriter(run_dir, tty=sys.stdout.isatty(), log_interval=log_interval) if rank == 0 else NullWriter()
 
@@ -156,7 +151,8 @@ def setup_logging(rank: int, run_dir: str) -> None:
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     console.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
     logger.addHandler(console)
-    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
-    to_file = logging.FileHandler(os.path.join(run_dir, "logs", f"rank{rank}.log"))
+    paths = RunPaths(run_dir)
+    os.makedirs(paths.logs, exist_ok=True)
+    to_file = logging.FileHandler(paths.rank_log(rank))
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(to_file)

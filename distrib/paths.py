@@ -53,12 +53,55 @@ class RunPaths:
         return self._at("logs", "torchrun")
 
     @property
+    def torchrun_err(self) -> str:
+        return self._at("logs", "torchrun.err")   # torchrun's own stderr (its failure dump)
+
+    def slurm_log(self, job_id: str) -> str:
+        return self._at("logs", f"slurm-{job_id}.out")  # the batch step's output (sbatch --output)
+
+    @property
+    def slurm_logs(self) -> str:
+        return self._at("logs", "slurm-*.out")    # a glob: every job's output
+
+    # --- a rank's failure record (distrib/runtime/failure.py): the launcher shows its one line
+    FAILURE_PREFIX = "failure.rank"
+
+    def failure(self, rank: int) -> str:
+        return self._at("logs", f"{self.FAILURE_PREFIX}{rank}.json")
+
+    def traceback(self, rank: int) -> str:
+        return self._at("logs", f"traceback.rank{rank}.txt")
+
+    # --- a hang's evidence (distrib/runtime/hangs.py says what each file holds)
+    @property
+    def hangs(self) -> str:
+        return self._at("logs", "hang")
+
+    def hang_stack(self, rank: int, host: str, attempt: int) -> str:
+        return self._at("logs", "hang", f"rank{rank}-{host}-attempt{attempt}.stack")
+
+    def hang_trace(self, rank: int, host: str, attempt: int) -> str:
+        return self._at("logs", "hang", f"rank{rank}-{host}-attempt{attempt}.fr")  # its Flight Recorder trace
+
+    @property
+    def hang_explanation(self) -> str:
+        return self._at("logs", "hang", "hung.txt")
+
+    @property
+    def nccl_trace_prefix(self) -> str:
+        return self._at("logs", "hang", "nccl-trace-rank")  # NCCL appends the rank (TORCH_NCCL_DEBUG_INFO_TEMP_FILE)
+
+    @property
     def stop(self) -> str:
         return self._at("STOP")               # touched to stop every rank at the next step boundary
 
     @property
     def sbatch(self) -> str:
         return self._at("job.sbatch")
+
+    @property
+    def export(self) -> str:
+        return self._at("export")             # where `distrain status` suggests exporting to
 
     @property
     def position(self) -> str:

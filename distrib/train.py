@@ -33,6 +33,7 @@ from distrib.runtime.stop import StopRequest
 from distrib.runtime.watchdog import Heartbeat
 from distrib.state import TrainState
 from distrib.validation import evaluate
+from distrib.words import flag
 
 log = logging.getLogger("distrain")
 @record  # writes the rank's traceback where torchrun shows it in the failure summary
@@ -253,7 +254,7 @@ def _summary(cfg, env, device, loaders, progress) -> str:
         note = recipes.batch_note(cfg.recipe, global_batch)
         lines += [f"  note: {note}"] if note else []
     recipe_bits = [f"auto-augment {cfg.auto_augment}"] if cfg.auto_augment != "none" else []
-    recipe_bits += [f"{name.replace('_', '-')} {getattr(cfg, name):g}" for name in
+    recipe_bits += [f"{flag(name)} {getattr(cfg, name):g}" for name in
                     ("random_erase", "mixup_alpha", "cutmix_alpha", "label_smoothing") if getattr(cfg, name)]
     recipe_bits += [f"ra-reps {cfg.ra_reps}"] if cfg.ra_reps > 1 else []
     if recipe_bits:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from typer.core import TyperGroup
 
 from distrib.config import (
     RUNTIME,
@@ -21,9 +21,24 @@ from distrib.config import (
     resolve,
 )
 from launch import archs
+from launch.console import err, error, out, warn
 from launch.options import command_line, run_options
 
+
+class Commands(TyperGroup):
+    """Bad input, from any command or its options, is handled here once: a ConfigError is one red line on
+    stderr saying what is wrong and how to fix it, and exit 2 (main() and a test's CliRunner both pass here)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            error(str(e))
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=Commands,
     name="distrain",
     help="Train torchvision image classifiers on one GPU, many nodes, or a SLURM cluster.",
     rich_markup_mode="rich",
@@ -31,9 +46,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
 CONFIG_OPTION = typer.Option(None, "--config", help="TOML file of options (keys are the long option names); "
                              "the command line wins over the file.", rich_help_panel=RUNTIME)
 
@@ -54,16 +66,6 @@ def _root(version: bool = typer.Option(False, "--version", help="Print distrain'
     """Train torchvision image classifiers on one GPU, many nodes, or a SLURM cluster."""
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """One red line on stderr saying what is wrong and how to fix it."""
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    return typer.Exit(code)
-
-
-def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
-
-
 def build_config(cli: dict, config_file: Optional[Path]) -> RunConfig:
     cfg = resolve(cli, str(config_file) if config_file else None).with_run_dir()
     archs.check_arch(cfg.arch, cfg.image_size)
@@ -82,11 +84,8 @@ def launch(cli: dict, config: Optional[Path] = CONFIG_OPTION,
     """Start a run: torchrun on this node, a c10d rendezvous across nodes, DataParallel, or sbatch."""
     from launch import start
 
-    try:
-        cfg = build_config(cli, config)
-        code = start.launch(cfg, command_line("launch", cli, config), dry_run=dry_run, out=out, warn=warn)
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    cfg = build_config(cli, config)
+    code = start.launch(cfg, command_line("launch", cli, config), dry_run=dry_run, out=out, warn=warn)
     raise typer.Exit(code)
 
 
@@ -96,11 +95,8 @@ def train(cli: dict, config: Optional[Path] = CONFIG_OPTION):
     """Run one process of a run here (what every rank runs); single-process training on its own."""
     from launch import start
 
-    try:
-        cfg = build_config(cli, config)
-        code = start.train_in_place(cfg, command_line("train", cli, config), out=out, warn=warn)
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    cfg = build_config(cli, config)
+    code = start.train_in_place(cfg, command_line("train", cli, config), out=out, warn=warn)
     raise typer.Exit(code)
 
 
@@ -118,10 +114,7 @@ def evaluate(cli: dict,
     """Accuracy of a checkpoint on DATA/val, on one or many processes (identical for any count)."""
     from launch import start
 
-    try:
-        code = start.evaluate(checkpoint, cli, gpus, procs, json_out, out=out, warn=warn, ema=ema)
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    code = start.evaluate(checkpoint, cli, gpus, procs, json_out, out=out, warn=warn, ema=ema)
     raise typer.Exit(code)
 
 
@@ -150,10 +143,7 @@ def predict(cli: dict,
     """Top-k classes and probabilities per image, in input order; an unreadable image is a row with an error."""
     from launch import model_tools
 
-    try:
-        code = model_tools.predict(inputs, checkpoint, model, topk, output, cli, gpus, procs, out=out, warn=warn)
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    code = model_tools.predict(inputs, checkpoint, model, topk, output, cli, gpus, procs, out=out, warn=warn)
     raise typer.Exit(code)
 
 
@@ -171,12 +161,9 @@ def export_model(cli: dict,
     """A model file for another runtime, with model.json (classes, preprocessing, source sha256), checked."""
     from launch import model_tools
 
-    try:
-        if fmt not in model_tools.EXPORT_FORMATS:
-            raise ConfigError(f"--format {fmt!r} is not one of {', '.join(model_tools.EXPORT_FORMATS)}")
-        code = model_tools.export(checkpoint, fmt, output, sample or [], cli, out=out, warn=warn)
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    if fmt not in model_tools.EXPORT_FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(model_tools.EXPORT_FORMATS)}")
+    code = model_tools.export(checkpoint, fmt, output, sample or [], cli, out=out, warn=warn)
     raise typer.Exit(code)
 # --- end predict and export
 
@@ -189,10 +176,7 @@ def tensorboard(runs_dir: Path = typer.Argument(Path("runs"), help="Folder holdi
     """Serve the real TensorBoard over all runs (bound to 127.0.0.1 unless asked otherwise)."""
     from launch import tensorboard as tb
 
-    try:
-        raise typer.Exit(tb.serve(runs_dir, port, host, out=out, warn=warn))
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    raise typer.Exit(tb.serve(runs_dir, port, host, out=out, warn=warn))
 
 
 @app.command()
@@ -203,10 +187,7 @@ def check(cli: dict, config: Optional[Path] = CONFIG_OPTION,
     """Pre-flight checks with nothing trained: data, GPUs, backend, rendezvous, run dir, disk."""
     from launch import preflight
 
-    try:
-        cfg = build_config(cli, config)
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    cfg = build_config(cli, config)
     raise typer.Exit(preflight.report(cfg, out=out, sample=sample))
 
 
@@ -229,19 +210,16 @@ def bench(cli: dict,
     Default --workers: 4, capped by the cores."""
     from dataclasses import asdict
 
-    try:
-        cfg = {k: v for k, v in asdict(RunConfig(**cli)).items() if k in BENCH_OPTIONS}
-        if "workers" not in cli:
-            cfg["workers"] = None  # bench's default: capped by the cores
-        archs.check_arch(cfg["arch"], None if loader_only else cfg["image_size"])
-        from distrib.tools import (
-            bench as b,  # torch-free until it measures: b.run checks its arguments first
-        )
+    cfg = {k: v for k, v in asdict(RunConfig(**cli)).items() if k in BENCH_OPTIONS}
+    if "workers" not in cli:
+        cfg["workers"] = None  # bench's default: capped by the cores
+    archs.check_arch(cfg["arch"], None if loader_only else cfg["image_size"])
+    from distrib.tools import (
+        bench as b,  # torch-free until it measures: b.run checks its arguments first
+    )
 
-        result = b.run(loader_only=loader_only, steps=steps, seconds=seconds, **cfg,
-                       say=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    result = b.run(loader_only=loader_only, steps=steps, seconds=seconds, **cfg,
+                   say=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))
     if json_out:
         import json
 
@@ -260,10 +238,7 @@ def pack(data: Path = typer.Argument(..., help="ImageFolder root (train/ and val
     """Pack an ImageFolder into WebDataset tar shards with an offsets index; `--data OUTPUT` then trains on it."""
     from launch import data_tools
 
-    try:
-        raise typer.Exit(data_tools.pack(str(data), str(output), shard_size, procs, out=out))
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    raise typer.Exit(data_tools.pack(str(data), str(output), shard_size, procs, out=out))
 
 
 @app.command(name="index")
@@ -274,10 +249,7 @@ def index_command(data: Path = typer.Argument(..., help="ImageFolder root."),
     """Build the sample index of DATA ahead of a run (e.g. once on a login node, or as an sbatch --setup line)."""
     from launch import data_tools
 
-    try:
-        raise typer.Exit(data_tools.index(str(data), val_split, rebuild, out=out))
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    raise typer.Exit(data_tools.index(str(data), val_split, rebuild, out=out))
 # --- end data preparation
 
 
@@ -287,7 +259,7 @@ def recipes(name: Optional[str] = typer.Argument(None, help="One recipe (default
     from distrib.config import recipes as r
 
     if name is not None and name not in r.RECIPES:
-        raise fail(f"no recipe {name!r}; the recipes are {', '.join(r.RECIPES)}")
+        raise ConfigError(f"no recipe {name!r}; the recipes are {', '.join(r.RECIPES)}")
     names = [name] if name else list(r.RECIPES)
     out.print("\n\n".join(r.describe(n) for n in names), soft_wrap=True, markup=False, highlight=False)
     if not name:
@@ -300,15 +272,13 @@ def status(run_dir: Path = typer.Argument(..., help="Run directory.")):
     """Job state, last finished epoch, best accuracy and the log's tail of a run."""
     from launch import status as run_status
 
-    try:
-        run_status.show(run_dir, out=out)
-    except ConfigError as e:
-        raise fail(str(e)) from None
+    run_status.show(run_dir, out=out)
 
 
 def main() -> None:
     """The `distrain` console script: the Typer app, with usage errors (a bad choice, a non-number) as one
-    red line and exit 2, like every other bad input, instead of click's framed box."""
+    red line and exit 2, like every other bad input (a ConfigError: Commands.invoke), instead of click's
+    framed box."""
     from typer.exceptions import TyperException
 
     try:
@@ -317,7 +287,7 @@ def main() -> None:
         ctx, message = getattr(e, "ctx", None), e.format_message().rstrip(".")
         if message:  # (bare `distrain` shows the help and has nothing to add)
             hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
-            err.print(f"[bold red]error:[/] {message}{hint}", soft_wrap=True, markup=True)
+            error(f"{message}{hint}")
         raise SystemExit(getattr(e, "exit_code", 2)) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 

@@ -11,12 +11,12 @@ from distrib.config import RunConfig
 def pack(data: str, output: str, shard_size: str, procs: int, out) -> int:
     from distrib.data import layout
     from distrib.data import pack as packer
-    from launch.preflight import _progress
+    from launch.console import progress as live_progress
 
     layout.splits(data, 1.0 if not os.path.isdir(os.path.join(data, "val")) else None)  # one-line errors first
     shard_bytes = packer.parse_size(shard_size)
     start = time.monotonic()
-    with _progress(out, f"packing {data} ({procs} processes)") as progress:
+    with live_progress(out, f"packing {data} ({procs} processes)") as progress:
         manifest = packer.pack(data, output, shard_bytes, procs, progress)
     counts = ", ".join(f"{split} {m['count']} images in {len(m['shards'])} shards"
                        for split, m in manifest["splits"].items())

@@ -16,12 +16,15 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
+from distrib import words
 from distrib.config import ConfigError, RunConfig, write_run_config
 from distrib.data import formats
+from distrib.files import write_atomic
 from distrib.paths import RunPaths
 from distrib.preprocess import Preprocessing
+from distrib.runtime.env import cpu_cores
 from launch import topology
-from launch.run_local import rank_failure, run
+from launch.run_local import child_env, rank_failure, run
 
 # option typed by the user -> the Preprocessing field it overrides
 PREPROCESSING_OPTIONS = {"image_size": "crop_size", "val_crop_size": "crop_size", "val_resize_size": "resize_size"}
@@ -58,7 +61,7 @@ def settle_preprocessing(record: ModelRecord, cli: dict, warn) -> Preprocessing:
     typed = {PREPROCESSING_OPTIONS[k]: v for k, v in cli.items() if k in PREPROCESSING_OPTIONS and v is not None}
     for flag, field in PREPROCESSING_OPTIONS.items():
         if flag in cli and cli[flag] is not None and cli[flag] != getattr(pre, field):
-            warn(f"--{flag.replace('_', '-')} {cli[flag]} differs from the checkpoint's {field.replace('_', ' ')} "
+            warn(f"--{words.flag(flag)} {cli[flag]} differs from the checkpoint's {field.replace('_', ' ')} "
                  f"{getattr(pre, field)}; using {cli[flag]} (accuracy will differ from training's)")
     if "crop_size" in typed and "resize_size" not in typed:  # a new crop keeps the checkpoint's ratio
         typed["resize_size"] = max(typed["crop_size"], round(typed["crop_size"] * pre.resize_size / pre.crop_size))
@@ -81,7 +84,7 @@ def check_classes(record: ModelRecord, data: str, val_split: float | None) -> No
 
 def max_workers(procs: int) -> int:
     """Loader workers per process that the cores can feed: PyTorch warns past one per core."""
-    return max(0, min(4, (os.cpu_count() or 1) // max(procs, 1)))
+    return max(0, min(4, cpu_cores() // max(procs, 1)))
 
 
 def check_gpus(gpus: int | None) -> int:
@@ -119,11 +122,7 @@ def run_tool(tool: str, cfg: RunConfig, args: list[str], procs: int, out, run_di
 
         return rank_main([tool, *args, paths.config])
     argv = topology.standalone_argv(sys.executable, procs, paths.torchrun_logs, [tool, *args, paths.config])
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if cfg.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
-    code, _ = run(argv, env, paths.stop, say=lambda m: None, stderr_path=os.path.join(paths.logs, "torchrun.err"))
+    code, _ = run(argv, child_env(cfg.device, procs), paths.stop, say=lambda m: None, stderr_path=paths.torchrun_err)
     if code == 0:
         return 0
     failure = rank_failure(run_dir)
@@ -166,8 +165,7 @@ def predict(inputs: list[str], checkpoint, model_dir, topk: int, output, cli: di
                         device="cpu" if gpus == 0 else "cuda").validate()
         with scratch_run_dir("predict") as run_dir:
             run_paths = RunPaths(run_dir)
-            with open(run_paths.predict_inputs, "w") as fh:
-                json.dump(paths, fh)
+            write_atomic(run_paths.predict_inputs, paths, as_json=True)
             code = run_tool("predict", cfg, [str(checkpoint), str(topk)], nprocs, out, run_dir=run_dir)
             if code != 0:
                 return code
@@ -191,7 +189,7 @@ def _predict_onnx(model_dir: str, paths: list[str], topk: int, batch_size: int, 
     meta = predict_onnx.read_export(model_dir)
     typed = [k for k in PREPROCESSING_OPTIONS if cli.get(k) is not None]
     if typed:
-        raise ConfigError(f"--{typed[0].replace('_', '-')} does not apply to --model: the ONNX graph takes "
+        raise ConfigError(f"--{words.flag(typed[0])} does not apply to --model: the ONNX graph takes "
                           f"{meta['input']['size'][0]} px crops; re-export with other sizes instead")
     if procs != 1:
         raise ConfigError(f"--procs {procs} does not apply to --model: one onnxruntime process uses every core; "

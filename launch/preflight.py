@@ -10,14 +10,14 @@ import os
 import shutil
 import socket
 import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from distrib.config import ConfigError, RunConfig
 from distrib.data import formats
 from distrib.data.layout import count_images, split_dir
-from launch import network, topology
+from distrib.paths import RunPaths
+from distrib.runtime.env import cpu_cores
+from launch import console, network, topology
 
 MIN_FREE_BYTES = 2 * 1024**3  # room for last.pt + best.pt of a large model, with headroom
 
@@ -92,7 +92,7 @@ def check_gpus(cfg: RunConfig, plan: topology.Plan, gpus_here: int) -> Check:
 
 def check_resume(cfg: RunConfig) -> Check | None:
     """A checkpoint to resume from must fit the model and data; only then is torch imported here."""
-    path = os.path.join(cfg.run_dir, "checkpoints", "last.pt") if cfg.resume == "auto" else cfg.resume
+    path = RunPaths(cfg.run_dir).last if cfg.resume == "auto" else cfg.resume
     if cfg.resume == "never" or not os.path.isfile(path) or cfg.overwrite and cfg.resume == "auto":
         return None
     from distrib import checkpoint
@@ -254,9 +254,9 @@ def full_checks(cfg: RunConfig, sample: int | None = None, out=None) -> list[Che
 def check_images(cfg: RunConfig, sample: int | None = None, out=None) -> Check:
     from distrib.data import scan
 
-    procs = scan.usable_cores()
-    with _progress(out, f"reading headers ({procs} processes)") as progress:
-        result = scan.scan(cfg, procs, sample, progress)
+    procs = cpu_cores()
+    with console.progress(out, f"reading headers ({procs} processes)") as tick:
+        result = scan.scan(cfg, procs, sample, tick)
     what = f"{result.checked} {result.what} read" + (f" (a random {sample})" if sample else "")
     if not result.bad:
         return Check("images", True, f"{what}, none unreadable")
@@ -264,35 +264,6 @@ def check_images(cfg: RunConfig, sample: int | None = None, out=None) -> Check:
     return Check("images", False, f"{len(result.bad)} problems in {what} ({shown})",
                  "training skips and counts unreadable images; remove or replace them (or pack again) for a "
                  "clean run", warning=True)
-
-
-@contextmanager
-def _progress(out, label: str):
-    """progress(done, total) for a long scan: a live bar with ETA on a terminal, else a line every 10 s."""
-    if out is not None and out.is_terminal:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=out, transient=True) as bar:
-            task = bar.add_task(label, total=None)
-            yield lambda done, total: bar.update(task, completed=done, total=total)
-        return
-    start, last = time.monotonic(), [0.0]
-
-    def line(done: int, total: int) -> None:
-        now = time.monotonic() - start
-        if out is None or (now - last[0] < 10 and 0 < done < total):
-            return
-        last[0] = now
-        eta = f", ETA {(total - done) * now / done:.0f} s" if 0 < done < total else ""
-        out.print(f"{label}: {done}/{total} ({100 * done / max(total, 1):.0f}%), {now:.0f} s{eta}", markup=False)
-    yield line
 
 
 def check_backend(plan: topology.Plan | None) -> Check:

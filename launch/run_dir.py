@@ -19,17 +19,11 @@ import socket
 import time
 
 from distrib.config import ConfigError, RunConfig, read_run_config
+from distrib.files import read_json, write_atomic
 from distrib.paths import RunPaths
+from distrib.words import flag
 
 FRESH, RESUME, COMPLETE = "fresh", "resume", "complete"
-
-
-def read_json(path: str) -> dict | None:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
 
 
 def metrics_rows(paths: RunPaths) -> list[dict]:
@@ -61,10 +55,7 @@ def write_outcome(paths: RunPaths, state: str, **extra) -> None:
     record = {"state": state, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
               "wall_seconds": previous.get("wall_seconds", 0.0), **extra}
     os.makedirs(paths.root, exist_ok=True)
-    tmp = f"{paths.outcome}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(record, fh)
-    os.replace(tmp, paths.outcome)
+    write_atomic(paths.outcome, record, as_json=True)
 
 
 def holds_run(paths: RunPaths) -> bool:
@@ -82,7 +73,7 @@ def recorded_config(paths: RunPaths) -> RunConfig | None:
 
 def math_differences(cfg: RunConfig, recorded: RunConfig) -> list[str]:
     given, then = cfg.training_math(), recorded.training_math()
-    return [f"--{k.replace('_', '-')} {_show(given[k])} (recorded: {_show(then.get(k))})"
+    return [f"--{flag(k)} {_show(given[k])} (recorded: {_show(then.get(k))})"
             for k in sorted(given) if given[k] != then.get(k)]
 
 

@@ -9,7 +9,6 @@ sends SIGTERM to torchrun, a third kills its whole process group.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -19,6 +18,10 @@ import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
+
+from distrib.files import write_atomic
+from distrib.paths import RunPaths
+from distrib.runtime.env import omp_threads
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -37,11 +40,18 @@ def write_launch_record(run_dir: str, record: dict) -> None:
     """RUN_DIR/launch.json: what was launched, where and with which versions."""
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
               "argv": sys.argv, "versions": versions(), **record}
-    path = os.path.join(run_dir, "launch.json")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=2)
-    os.replace(tmp, path)
+    write_atomic(RunPaths(run_dir).launch_record, record, as_json=True, indent=2)
+
+
+def child_env(device: str, procs: int, extra: dict | None = None) -> dict:
+    """The environment of the processes started here: ours, plus `extra`, plus what every rank needs
+    (no GPU for a CPU run, OMP_NUM_THREADS sharing the cores between `procs`, unbuffered output)."""
+    env = dict(os.environ, **(extra or {}))
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # --gpus 0 means CPU even on a GPU machine
+    env["OMP_NUM_THREADS"] = omp_threads(procs, env)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def run(argv: list[str], env: dict, stop_file: str, say=print, stderr_path: str | None = None

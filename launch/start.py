@@ -13,8 +13,8 @@ from distrib.data import workers
 from distrib.paths import RunPaths
 from distrib.runtime import hangs
 from distrib.runtime.failure import clear as clear_failures
-from launch import eval_target, network, preflight, run_dir, status, topology
-from launch.run_local import rank_failure, run, write_launch_record
+from launch import console, eval_target, network, preflight, run_dir, status, topology
+from launch.run_local import child_env, rank_failure, run, write_launch_record
 
 STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command resumes
 
@@ -89,7 +89,7 @@ def run_here(cfg: RunConfig, plan: topology.Plan, argv: list[str], typed: list[s
     run_dir.write_outcome(paths, "running")
     started = time.monotonic()
     code, signals = run(argv, env, paths.stop, say=lambda m: out.print(f"[yellow]{m}[/]", soft_wrap=True),
-                        stderr_path=os.path.join(paths.logs, "torchrun.err"))
+                        stderr_path=paths.torchrun_err)
     stopped = os.path.exists(paths.stop)
     _remove(paths.stop)
     if len(signals) > 1:  # stopped at once: whatever torchrun's exit, the run is stopped, not failed
@@ -121,11 +121,11 @@ def finish(cfg: RunConfig, code: int, stopped_by: str | None, seconds: float, ty
         run_dir.write_outcome(paths, "failed", wall_seconds=wall)
         failure = rank_failure(cfg.run_dir)
         if failure is None:
-            out.print(f"[red]run failed[/] (torchrun exit {code}); see {paths.logs}/torchrun.err and the per-rank "
+            out.print(f"[red]run failed[/] (torchrun exit {code}); see {paths.torchrun_err} and the per-rank "
                       f"logs in {paths.logs}", soft_wrap=True)
             return 1
         if failure.bad_input:
-            err_print(f"[bold red]error:[/] {failure.message}")
+            console.error(failure.message)
             return 2
         out.print(f"[red]run failed[/]: {failure}", soft_wrap=True, highlight=False)
         for line in hangs.describe(cfg.run_dir):  # a hang's explanation and the stacks (distrib/runtime/hangs.py)
@@ -136,12 +136,6 @@ def finish(cfg: RunConfig, code: int, stopped_by: str | None, seconds: float, ty
     for line in status.summary(cfg.run_dir, cfg.data):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
-
-
-def err_print(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False).print(message, soft_wrap=True)
 
 
 def _remove(path: str) -> None:
@@ -161,13 +155,8 @@ def _node_argv(plan: topology.Plan, cfg: RunConfig, config_path: str, role: topo
 
 
 def _rank_environment(plan: topology.Plan, node: network.NodeNet | None = None, run_dir: str = "") -> dict:
-    env = dict(os.environ)
-    env.update(topology.node_env(plan, node and node.role(), hangs.hang_dir(run_dir), os.environ))
-    if plan.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # --gpus 0 means CPU even on a GPU machine
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(plan.procs_per_node, 1))))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    extra = topology.node_env(plan, node and node.role(), RunPaths(run_dir).hangs, os.environ)
+    return child_env(plan.device, plan.procs_per_node, extra)
 
 
 def _headline(plan: topology.Plan, cfg: RunConfig) -> str:
@@ -178,7 +167,7 @@ def _headline(plan: topology.Plan, cfg: RunConfig) -> str:
 
 def describe(plan: topology.Plan, cfg: RunConfig, launch_argv: list[str]) -> str:
     """The dry run: the numbers that matter, then for every node the exact command it runs."""
-    config_path = os.path.join(cfg.run_dir, "config.toml")
+    config_path = RunPaths(cfg.run_dir).config
     lines = [f"# world size {plan.world_size}: {plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
              f"process(es), strategy {cfg.strategy}",
              f"# global batch {plan.global_batch} ({cfg.batch_size} per process"
@@ -253,7 +242,7 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
     from launch import model_tools
 
     if not cli.get("data"):
-        raise ConfigError("eval needs --data DIR (the ImageFolder root whose val/ to score)")
+        raise ConfigError("eval needs --data DIR (class folders, or a root with val/); see `distrain eval --help`")
     RunConfig(**cli, gpus=gpus, procs=procs).validate()  # what was typed, before anything is read
     gpus = model_tools.check_gpus(gpus)
     nprocs = gpus if gpus > 0 else procs
@@ -261,7 +250,7 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
     with model_tools.scratch_run_dir("eval-data") as scratch:
         target = eval_target.choose(str(cli["data"]), record.config, scratch)
         model_tools.check_classes(record, target.data, target.val_split)
-        err_print(f"scoring {target.says}")
+        console.err.print(f"scoring {target.says}", soft_wrap=True, markup=False)
         return _evaluate(record, target, cli, gpus, procs, nprocs, as_json, out, warn, ema)
 
 

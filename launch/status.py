@@ -9,12 +9,15 @@ import shlex
 from pathlib import Path
 
 from distrib.config import ConfigError
+from distrib.files import read_json
 from distrib.paths import RunPaths
 from launch import run_dir as rd
+from launch.console import duration
 
 
 def newest_log(run_dir: Path) -> str | None:
-    logs = glob.glob(str(run_dir / "logs" / "slurm-*.out")) or glob.glob(str(run_dir / "logs" / "rank0.log"))
+    paths = RunPaths(str(run_dir))
+    logs = glob.glob(paths.slurm_logs) or glob.glob(paths.rank_log(0))
     return max(logs, key=os.path.getmtime) if logs else None
 
 
@@ -23,14 +26,6 @@ def tail(path: str, lines: int = 10) -> list[str]:
         fh.seek(0, os.SEEK_END)
         fh.seek(max(0, fh.tell() - 16384))
         return fh.read().decode(errors="replace").splitlines()[-lines:]
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    h, rem = divmod(seconds, 3600)
-    return f"{h} h {rem // 60:02d} min" if h else f"{rem // 60} min {rem % 60:02d} s"
 
 
 def summary(run_dir: str, data: str | None = None) -> list[str]:
@@ -49,7 +44,7 @@ def summary(run_dir: str, data: str | None = None) -> list[str]:
     five = acc.replace("acc1", "acc5")
     lines = [f"  best acc1 {best[acc]:.2f}% at epoch {best['epoch']}{ema}; final acc1 {last[acc]:.2f}%, "
              f"acc5 {last[five]:.2f}% (epoch {last['epoch']})",
-             f"  {len(rows)} epoch(s), wall time {_duration(wall)}, {images / max(seconds, 1e-9):,.0f} img/s "
+             f"  {len(rows)} epoch(s), wall time {duration(wall)}, {images / max(seconds, 1e-9):,.0f} img/s "
              f"training on average",
              f"  best.pt  {paths.best}",
              f"  last.pt  {paths.last}"]
@@ -58,7 +53,7 @@ def summary(run_dir: str, data: str | None = None) -> list[str]:
     lines += ["next:",
               f"  distrain eval --checkpoint {q(paths.best)}{data_arg}",
               f"  distrain predict --checkpoint {q(paths.best)} IMAGES...",
-              f"  distrain export --checkpoint {q(paths.best)} --format onnx --output {q(run_dir + '/export')}",
+              f"  distrain export --checkpoint {q(paths.best)} --format onnx --output {q(paths.export)}",
               f"  distrain tensorboard {q(os.path.dirname(run_dir) or '.')}"]
     return lines
 
@@ -66,7 +61,7 @@ def summary(run_dir: str, data: str | None = None) -> list[str]:
 def state(run_dir: Path) -> tuple[str, str]:
     """(running | finished | stopped | failed | not started, a few words of detail)."""
     paths = RunPaths(str(run_dir))
-    launch = rd.read_json(paths.launch_record) or {}
+    launch = read_json(paths.launch_record) or {}
     job_id = launch.get("job_id")
     where = rd.position(paths) or {}
     epochs = where.get("epochs") or _configured_epochs(paths)

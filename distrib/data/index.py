@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import socket
 import time
@@ -39,6 +38,7 @@ import numpy as np
 
 from distrib.config import ConfigError
 from distrib.data import layout
+from distrib.files import atomic_file, read_json, write_atomic
 
 VERSION = 1
 INDEX_DIR = ".distrain-index"
@@ -115,11 +115,7 @@ def _fresh(root: str, meta: dict, splits: tuple[str, ...]) -> bool:
 
 
 def _read_meta(folder: str) -> dict | None:
-    try:
-        with open(os.path.join(folder, META)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return read_json(os.path.join(folder, META))
 
 
 def load(root: str, val_split: float | None = None) -> Index | None:
@@ -178,10 +174,8 @@ def _list_split(root: str, split: str, classes: list[str]) -> tuple[np.ndarray, 
 
 
 def _save(folder: str, name: str, array: np.ndarray) -> None:
-    tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_file(os.path.join(folder, name), "wb", hidden=True) as f:
         np.save(f, array)
-    os.replace(tmp, os.path.join(folder, name))
 
 
 def _build(root: str, folder: str, val_split: float | None) -> Index:
@@ -198,10 +192,7 @@ def _build(root: str, folder: str, val_split: float | None) -> Index:
             _save(folder, name, array)
         meta["splits"][split] = {"stamp": stamp, "files": files, "count": len(arrays[0])}
     old = _read_meta(folder)
-    tmp = os.path.join(folder, f".{META}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(meta, f)
-    os.replace(tmp, os.path.join(folder, META))  # readers see the old index or the new one, never half
+    write_atomic(os.path.join(folder, META), meta, as_json=True, hidden=True)  # readers: old index or new, never half
     if old:  # processes that mapped the old files keep them (unlinked inodes live while mapped)
         for split in old.get("splits", {}).values():
             for name in split["files"]:

@@ -19,6 +19,7 @@ import numpy as np
 from distrib.config import ConfigError
 from distrib.data import index
 from distrib.data.shards import ARRAYS, INDEX, MANIFEST, image_ext, member_key
+from distrib.files import read_json, write_atomic
 
 DEFAULT_SHARD_BYTES = 1 << 30
 
@@ -82,12 +83,7 @@ def _forget_other_plan(folder: str, ranges: list[tuple[int, int]]) -> None:
     """Finished shards count only for the plan they were written for (DATA or --shard-size may have changed)."""
     os.makedirs(folder, exist_ok=True)
     plan_file, want = os.path.join(folder, ".plan.json"), [list(r) for r in ranges]
-    try:
-        with open(plan_file) as f:
-            same = json.load(f) == want
-    except (OSError, ValueError):
-        same = False
-    if not same:
+    if read_json(plan_file) != want:
         for name in os.listdir(folder):
             if name.endswith(".offsets.npy"):
                 os.remove(os.path.join(folder, name))
@@ -144,8 +140,5 @@ def _finish(out: str, classes: list[str], layouts: dict) -> dict:
                 "shardlist": [{"url": f"{split}/{s['name']}", "nsamples": s["count"]} for s in shards]}
         with open(os.path.join(out, f"{split}.wids.json"), "w") as f:
             json.dump(wids, f, indent=1)
-    tmp = os.path.join(out, f".{MANIFEST}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out, MANIFEST))
+    write_atomic(os.path.join(out, MANIFEST), manifest, as_json=True, indent=1, hidden=True)
     return manifest

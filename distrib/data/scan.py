@@ -12,7 +12,6 @@ rewritten shard shows up), then the headers of the sampled members are read. Tor
 from __future__ import annotations
 
 import io
-import os
 import random
 from multiprocessing import get_context
 from typing import NamedTuple
@@ -93,7 +92,3 @@ def scan(cfg, procs: int, sample: int | None = None, progress=lambda done, total
             progress(done, total)
     what = f"image headers (and {len(shards)} shards against their offsets index)" if shards else "image headers"
     return ScanResult(done - len(shards), bad, what)
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,4 +1,5 @@
-"""Where this process sits in the run, read once from the environment into a frozen dataclass.
+"""Where this process sits in the run, read once from the environment into a frozen dataclass; and the
+cores it may use (torch-free: the launcher shares the one count and the one OMP_NUM_THREADS).
 
 torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE. A process started by srun alone
 (`--launcher srun`) has SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS instead. With neither, this is
@@ -57,3 +58,13 @@ class DistEnv:
                 restart_count=int(env.get("SLURM_RESTART_COUNT", 0)),
             )
         return cls()
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity: taskset, a SLURM allocation), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def omp_threads(procs: int, environ: Mapping[str, str]) -> str:
+    """OMP_NUM_THREADS for `procs` processes sharing these cores (at least 1); the user's own setting wins."""
+    return environ.get("OMP_NUM_THREADS", str(max(1, cpu_cores() // max(procs, 1))))

@@ -13,7 +13,6 @@ is marked as such, so the launcher exits 2 as for any bad input; anything else i
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -21,13 +20,10 @@ import time
 import traceback
 
 from distrib.config import ConfigError
+from distrib.files import read_json, remove_quietly, write_atomic
 from distrib.paths import RunPaths
 
 log = logging.getLogger("distrain")
-
-
-def failure_path(run_dir: str, rank: int) -> str:
-    return os.path.join(RunPaths(run_dir).logs, f"failure.rank{rank}.json")
 
 
 @contextlib.contextmanager
@@ -46,7 +42,7 @@ def record(run_dir: str, rank: int, exc: BaseException) -> None:
     try:
         paths = RunPaths(run_dir)
         os.makedirs(paths.logs, exist_ok=True)
-        trace = os.path.join(paths.logs, f"traceback.rank{rank}.txt")
+        trace = paths.traceback(rank)
         with open(trace, "w") as fh:
             fh.write("".join(traceback.format_exception(exc)))
         lines = str(exc).strip().splitlines()
@@ -55,28 +51,14 @@ def record(run_dir: str, rank: int, exc: BaseException) -> None:
             message = f"{type(exc).__name__}: {message}"  # an unexpected error: its type says what it is
         entry = {"rank": rank, "host": socket.gethostname(), "time": time.time(), "message": message[:2000],
                  "bad_input": isinstance(exc, ConfigError), "traceback": trace}
-        tmp = failure_path(run_dir, rank) + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(entry, fh)
-        os.replace(tmp, failure_path(run_dir, rank))
+        write_atomic(paths.failure(rank), entry, as_json=True)
     except Exception:  # reporting must never hide the original error
         pass
 
 
 def first_failure(run_dir: str) -> dict | None:
     """The earliest failure any rank of this run recorded (the cause; later ones are usually echoes)."""
-    logs = RunPaths(run_dir).logs
-    entries = []
-    try:
-        names = [n for n in os.listdir(logs) if n.startswith("failure.rank") and n.endswith(".json")]
-    except OSError:
-        return None
-    for name in names:
-        try:
-            with open(os.path.join(logs, name)) as fh:
-                entries.append(json.load(fh))
-        except (OSError, ValueError):
-            continue
+    entries = [e for e in map(read_json, _records(RunPaths(run_dir))) if e is not None]
     if not entries:
         return None
     # A bad-input record is the cause even if another rank's echo (a broken pipe) came first.
@@ -85,10 +67,15 @@ def first_failure(run_dir: str) -> dict | None:
 
 def clear(run_dir: str) -> None:
     """Forget the failures of earlier attempts (a relaunch or a torchrun restart starts clean)."""
-    logs = RunPaths(run_dir).logs
+    for path in _records(RunPaths(run_dir), ending=""):
+        remove_quietly(path)
+
+
+def _records(paths: RunPaths, ending: str = ".json") -> list[str]:
+    """The failure records in RUN_DIR/logs/ (with ending="": their temp files too)."""
     try:
-        for name in os.listdir(logs):
-            if name.startswith("failure.rank"):
-                os.remove(os.path.join(logs, name))
+        names = os.listdir(paths.logs)
     except OSError:
-        pass
+        return []
+    return [os.path.join(paths.logs, n) for n in names
+            if n.startswith(RunPaths.FAILURE_PREFIX) and n.endswith(ending)]

@@ -1,4 +1,4 @@
-"""Where a hang leaves its evidence, named once: RUN_DIR/logs/hang/. Torch-free (the launcher and
+"""What a hang leaves in RUN_DIR/logs/hang/ (the names live in RunPaths). Torch-free (the launcher and
 `distrain status` read it; distrib/runtime/watchdog.py writes it).
 
     rankR-HOST-attemptN.stack   Python stacks of every thread of rank R (faulthandler), written by the rank itself
@@ -14,39 +14,29 @@ from __future__ import annotations
 
 import os
 
+from distrib.paths import RunPaths
+
 
 def hang_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, "logs", "hang")
-
-
-def stack_file(run_dir: str, rank: int, host: str, attempt: int) -> str:
-    return os.path.join(hang_dir(run_dir), f"rank{rank}-{host}-attempt{attempt}.stack")
-
-
-def trace_file(stack_path: str) -> str:
-    return stack_path[: -len(".stack")] + ".fr"
-
-
-def explanation_file(run_dir: str) -> str:
-    return os.path.join(hang_dir(run_dir), "hung.txt")
+    return RunPaths(run_dir).hangs
 
 
 def evidence(run_dir: str) -> tuple[str | None, list[str]]:
     """(the last hang's one-line explanation, the non-empty files it left, newest first)."""
-    folder = hang_dir(run_dir)
+    paths = RunPaths(run_dir)
     try:
-        names = os.listdir(folder)
+        names = os.listdir(paths.hangs)
     except OSError:
         return None, []
-    paths = [os.path.join(folder, n) for n in names if n != "hung.txt"]
-    paths = sorted((p for p in paths if os.path.isfile(p) and os.path.getsize(p) > 0),
+    files = [p for p in (os.path.join(paths.hangs, n) for n in names) if p != paths.hang_explanation]
+    files = sorted((p for p in files if os.path.isfile(p) and os.path.getsize(p) > 0),
                    key=os.path.getmtime, reverse=True)
     try:
-        with open(explanation_file(run_dir)) as fh:
+        with open(paths.hang_explanation) as fh:
             line = fh.read().strip() or None
     except OSError:
         line = None
-    return line, paths
+    return line, files
 
 
 def describe(run_dir: str) -> list[str]:

@@ -13,6 +13,7 @@ import signal
 
 import torch
 
+from distrib.paths import RunPaths
 from distrib.runtime.process_group import broadcast_flag
 
 log = logging.getLogger("distrain")
@@ -25,7 +26,7 @@ class StopRequest:
 
     @classmethod
     def install(cls, run_dir: str) -> "StopRequest":
-        stop = cls(os.environ.get("DISTRAIN_STOP_FILE") or os.path.join(run_dir, "STOP"))
+        stop = cls(os.environ.get("DISTRAIN_STOP_FILE") or RunPaths(run_dir).stop)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, stop._on_signal)
         return stop

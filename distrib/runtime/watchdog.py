@@ -5,7 +5,7 @@ out (--dist-timeout), the ranks still alive find the rank that never reported th
 waiting in the collective: it is the one that hangs), probe its host, and say which rank, on which host,
 and whether it is stuck (reachable), gone (refused) or cut off (unreachable).
 
-Evidence goes to RUN_DIR/logs/hang/ (distrib/runtime/hangs.py names the files): each rank arms a faulthandler
+Evidence goes to RUN_DIR/logs/hang/ (RunPaths names the files): each rank arms a faulthandler
 timer at every step, so a rank that makes no step for --dist-timeout seconds writes the stacks of all its
 threads itself, from a C thread that needs no GIL (a rank blocked in I/O or a lock too; a stopped one when
 it continues). On the timeout, ranks that can still act add the error and their Flight Recorder trace.
@@ -23,7 +23,8 @@ import traceback
 
 import torch.distributed as dist
 
-from distrib.runtime import hangs
+from distrib.files import write_atomic
+from distrib.paths import RunPaths
 from distrib.runtime.env import DistEnv
 from distrib.runtime.process_group import store_scope
 
@@ -40,15 +41,17 @@ class HungRankError(RuntimeError):
 class Heartbeat:
     def __init__(self, env: DistEnv, timeout_s: int, run_dir: str):
         self.env, self.timeout_s, self.run_dir, self.store = env, timeout_s, run_dir, None
-        self.stack_path = self._stack_fh = self._probe = None
+        self.stack_path = self.trace_path = self._stack_fh = self._probe = None
+        paths = RunPaths(run_dir)
         if env.is_distributed and env.world_size > 1 and "MASTER_ADDR" in os.environ:
             master = os.environ["MASTER_ADDR"]
             store = dist.TCPStore(master, int(os.environ["MASTER_PORT"]), is_master=False,
                                   timeout=datetime.timedelta(seconds=30), wait_for_workers=False)
             self.store = dist.PrefixStore(f"distrain/heartbeat/{store_scope(env)}/", store)
             addr, port = self._listen(master)
-            self.stack_path = hangs.stack_file(run_dir, env.rank, addr, env.restart_count)
-            os.makedirs(hangs.hang_dir(run_dir), exist_ok=True)
+            self.stack_path = paths.hang_stack(env.rank, addr, env.restart_count)
+            self.trace_path = paths.hang_trace(env.rank, addr, env.restart_count)
+            os.makedirs(paths.hangs, exist_ok=True)
             self._stack_fh = open(self.stack_path, "w")
             self.store.set(f"where/{env.rank}", f"{addr}:{port} {self.stack_path}")  # probe here; stacks there
 
@@ -109,7 +112,7 @@ class Heartbeat:
         except Exception:  # the store itself may be gone with its host; then say what we know
             return HungRankError(f"a collective timed out after {self.timeout_s} s (--dist-timeout); "
                                  f"a peer of rank {self.env.rank} stopped answering, and so did the store's host "
-                                 f"{os.environ.get('MASTER_ADDR')}. Stacks: {hangs.hang_dir(self.run_dir)}")
+                                 f"{os.environ.get('MASTER_ADDR')}. Stacks: {RunPaths(self.run_dir).hangs}")
         if not silent:
             return HungRankError(f"a collective timed out after {self.timeout_s} s (--dist-timeout) on every "
                                  "rank: the network between them, or ranks waiting in different collectives")
@@ -140,15 +143,12 @@ class Heartbeat:
         except Exception as e:  # Flight Recorder is not in every torch build nor for every backend
             log.warning("no Flight Recorder trace: %s", e)
             return
-        with open(hangs.trace_file(self.stack_path), "wb") as out:
+        with open(self.trace_path, "wb") as out:
             out.write(trace)
 
     def _write_explanation(self, message: str) -> None:
         """Every rank that explains writes the same line; the launcher and `distrain status` show it."""
-        tmp = f"{hangs.explanation_file(self.run_dir)}.tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
-            fh.write(message + "\n")
-        os.replace(tmp, hangs.explanation_file(self.run_dir))
+        write_atomic(RunPaths(self.run_dir).hang_explanation, message + "\n")
 
     def _ranks_not_reporting_a_timeout(self, grace_s: float = 5.0) -> list[int]:
         self.store.set(f"timedout/{self.env.rank}", "1")

@@ -27,7 +27,7 @@ import time
 
 from distrib.config import ConfigError, RunConfig
 from distrib.data import formats
-from distrib.runtime.env import DistEnv
+from distrib.runtime.env import DistEnv, cpu_cores
 from distrib.tools.bench_loader import Ticker, endless, measure_window
 
 # torch is imported inside the functions that measure: bad input fails at once, before ~5 s of imports.
@@ -40,8 +40,7 @@ DEFAULT_SECONDS = 10.0   # the loader's timed window: long enough that worker ro
 def default_workers() -> int:
     """RunConfig's default worker count, capped by the cores this process may use (more only queue up,
     and PyTorch warns about them)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(RunConfig.workers, cores)
+    return min(RunConfig.workers, cpu_cores())
 
 
 def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_size: int, batch_size: int,
@@ -119,7 +118,7 @@ def _device_name(dev) -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
-    return f"{model} ({os.cpu_count()} cores)"
+    return f"{model} ({cpu_cores()} cores)"
 
 
 def _sync(dev) -> None:

@@ -24,6 +24,8 @@ import torch.nn as nn
 import torchvision
 
 from distrib import weights
+from distrib.export_format import MODEL_JSON
+from distrib.files import temp_path
 from distrib.model import from_checkpoint
 from distrib.preprocess import Preprocessing
 
@@ -146,14 +148,14 @@ def main(ckpt: dict, checkpoint_path: str, fmt: str, output: str, pre: Preproces
                    "epoch": ckpt.get("epoch"), "best_acc1": ckpt.get("best_acc1")},
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     }
-    tmp = f"{output.rstrip(os.sep)}.tmp{os.getpid()}"
+    tmp = temp_path(output.rstrip(os.sep))  # a whole folder appears at once: built beside it, then renamed
     os.makedirs(tmp)
     try:
         with torch.no_grad():
             example = torch.zeros(2, 3, pre.crop_size, pre.crop_size, dtype=torch.uint8)  # 2: batch stays dynamic
             kind.write(model, os.path.join(tmp, kind.file), example)
             meta["check"] = check(model, kind.load(os.path.join(tmp, kind.file), meta), check_images(samples, pre))
-        with open(os.path.join(tmp, "model.json"), "w") as fh:
+        with open(os.path.join(tmp, MODEL_JSON), "w") as fh:
             json.dump(meta, fh, indent=1)
         if os.path.isdir(output):
             os.rmdir(output)  # empty (the launcher checked): the rename needs the name free

@@ -24,6 +24,7 @@ from distrib.data.images import load_val, skip_reason
 from distrib.data.loaders import to_device
 from distrib.data.samplers import ValSampler
 from distrib.data.workers import loader_options
+from distrib.files import atomic_file
 from distrib.paths import RunPaths
 from distrib.preprocess import Preprocessing
 from distrib.runtime.env import DistEnv
@@ -80,7 +81,7 @@ def main(checkpoint_path: str, topk: int, cfg) -> None:
                                   if env.world_size > 1 else "predict") if env.is_main else None
     out = paths.predictions(env.rank)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".tmp", "w") as fh:
+    with atomic_file(out) as fh:
         for batch, failed in loader:
             rows = {f.index: predict_io.row(inputs[f.index], error=f.reason) for f in failed}
             if batch.images is not None:
@@ -93,6 +94,5 @@ def main(checkpoint_path: str, topk: int, cfg) -> None:
                 fh.write(json.dumps(rows[i]) + "\n")
             if bar:
                 bar.update(len(rows))
-    os.replace(out + ".tmp", out)
     if bar:
         bar.close()

@@ -16,6 +16,7 @@ import time
 
 from distrib.config import ConfigError
 from distrib.data.layout import is_image_file
+from distrib.files import write_atomic
 
 # ---------------------------------------------------------------- inputs
 
@@ -110,10 +111,7 @@ def write(rows: list[dict], topk: int, output: str | None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    tmp = f"{output}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, output)
+    write_atomic(output, text)
 
 
 def summary(rows: list[dict], output: str | None) -> str:
