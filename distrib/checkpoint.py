@@ -20,6 +20,7 @@ import torch
 
 from distrib.config import ConfigError
 from distrib.files import atomic_file, write_atomic
+from distrib.words import position_words
 
 LOW_SPACE_BYTES = 64 * 2**20
 log = logging.getLogger("distrain")
@@ -194,7 +195,7 @@ class Checkpointer:
         check_fits(ckpt, path, cfg.arch, self.classes)
         state.load_state_dict(ckpt)
         restore_rng(ckpt["rng"])
-        log.info("resumed from %s: epoch %d, step %d of it", path, state.progress.epoch, state.progress.batch)
+        log.info("resumed from %s at %s", path, position_words(state.progress.epoch, state.progress.batch, None))
         return True
 
     def save(self, state, best: bool) -> None:

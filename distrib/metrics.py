@@ -103,11 +103,11 @@ class RunWriter(NullWriter):
         if self.tty:
             done = int(24 * batch / max(batches, 1))
             bar = "#" * done + "." * (24 - done)
-            sys.stdout.write(f"\repoch {epoch} [{bar}] {batch}/{batches} loss {loss:.4f} "
+            sys.stdout.write(f"\repoch {epoch + 1} [{bar}] {batch}/{batches} loss {loss:.4f} "
                              f"{images_per_sec:,.0f} img/s eta {eta:4.0f}s ")
             sys.stdout.flush()
         else:
-            log.info("epoch %d step %d/%d loss %.4f %.1f img/s eta %.0fs", epoch, batch, batches, loss,
+            log.info("epoch %d step %d/%d loss %.4f %.1f img/s eta %.0fs", epoch + 1, batch, batches, loss,
                      images_per_sec, eta)
 
     def epoch_started(self) -> None:
@@ -124,10 +124,10 @@ class RunWriter(NullWriter):
                 self.tb.add_scalar(tag, row[key], row["epoch"])
         self.tb.flush()
         log.info("epoch %d: train loss %.4f  val loss %.4f  acc1 %.2f%%  acc5 %.2f%%  (%d val images, "
-                 "%.0f img/s, %.1fs)", row["epoch"], row["train_loss"], row["val_loss"], row["val_acc1"],
+                 "%.0f img/s, %.1fs)", row["epoch"] + 1, row["train_loss"], row["val_loss"], row["val_acc1"],
                  row["val_acc5"], row["val_samples"], row["images_per_sec"], row["epoch_seconds"])
         if "val_ema_acc1" in row:
-            log.info("epoch %d: EMA val loss %.4f  acc1 %.2f%%  acc5 %.2f%%", row["epoch"], row["val_ema_loss"],
+            log.info("epoch %d: EMA val loss %.4f  acc1 %.2f%%  acc5 %.2f%%", row["epoch"] + 1, row["val_ema_loss"],
                      row["val_ema_acc1"], row["val_ema_acc5"])
 
     def close(self, final: dict | None = None) -> None:

@@ -33,7 +33,7 @@ from distrib.runtime.stop import StopRequest
 from distrib.runtime.watchdog import Heartbeat
 from distrib.state import TrainState
 from distrib.validation import evaluate
-from distrib.words import flag
+from distrib.words import flag, position_words
 
 log = logging.getLogger("distrain")
 @record  # writes the rank's traceback where torchrun shows it in the failure summary
@@ -112,8 +112,8 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
         if stopped:
             progress.partial = sums.tolist()
             checkpointer.save(state, best=False)
-            log.info("stopped at epoch %d step %d/%d; last.pt written. Run again to resume.",
-                     epoch, progress.batch // cfg.accum_steps, steps_per_epoch)
+            log.info("stopped at %s; last.pt written. Run again to resume.",
+                     position_words(epoch, progress.batch // cfg.accum_steps, steps_per_epoch))
             return "stopped"
         val = evaluate(net, loaders.val, device, amp_dtype, cfg.channels_last, loop.note_skipped)
         row = _epoch_row(epoch, env, sums, val, state.scheduler.get_last_lr()[0])
@@ -129,7 +129,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
                                                         best_acc1=max(progress.best_acc1, acc1))
         checkpointer.save(state, best=is_best)
         if epoch + 1 < cfg.epochs and stop.requested(device):  # asked to stop during the epoch's last step
-            log.info("stopped after epoch %d; last.pt written. Run again to resume.", epoch)
+            log.info("stopped after epoch %d; last.pt written. Run again to resume.", epoch + 1)
             return "stopped"
     loop.writer.close({"best_acc1": progress.best_acc1, "final_acc1": val["acc1"]})
     return "done"
@@ -263,7 +263,7 @@ def _summary(cfg, env, device, loaders, progress) -> str:
         lines.append(f"  EMA of the weights every {cfg.ema_steps} steps (decay {adjusted_decay(cfg, env.world_size):.6g} "
                      "per update); best.pt is chosen by the EMA's val acc1")
     if progress.epoch or progress.batch:
-        lines.append(f"  resuming at epoch {progress.epoch}, batch {progress.batch}")
+        lines.append(f"  resuming at {position_words(progress.epoch, progress.batch // cfg.accum_steps, None).replace(' of ?', '')}")
     if progress.world_size and progress.world_size != env.world_size:
         lines.append(f"  world size changed {progress.world_size} -> {env.world_size} since the checkpoint: global "
                      f"batch {cfg.global_batch(progress.world_size)} -> {global_batch}; lr follows it (linear "

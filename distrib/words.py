@@ -16,3 +16,18 @@ def duration(seconds: float) -> str:
         return f"{seconds} s"
     h, rem = divmod(seconds, 3600)
     return f"{h} h {rem // 60:02d} min" if h else f"{rem // 60} min {rem % 60:02d} s"
+
+
+# Epochs, for people, count from 1: "epoch 1" is the first one trained, "4 of 4 epochs done" a finished run,
+# "best acc1 at epoch 4" its last. (metrics.jsonl's "epoch" and TensorBoard's epoch axis stay 0-based
+# indexes, for programs.) A position is (epoch index, step inside it), as position.json and checkpoints hold.
+def epoch_name(index: int) -> str:
+    """The 0-based epoch index as people count it: 0 -> 'epoch 1'."""
+    return f"epoch {index + 1}"
+
+
+def position_words(epoch: int, step: int, steps: int | None) -> str:
+    """Where a run stands: 'the end of epoch 3' (step 0 of the next index) or 'epoch 4, step 18 of 22'."""
+    if step:
+        return f"{epoch_name(epoch)}, step {step} of {steps if steps is not None else '?'}"
+    return f"the end of {epoch_name(epoch - 1)}" if epoch else "the start"

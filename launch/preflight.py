@@ -17,6 +17,7 @@ from distrib.data import formats
 from distrib.data.layout import count_images, split_dir
 from distrib.paths import RunPaths
 from distrib.runtime.env import cpu_cores
+from distrib.words import position_words
 from launch import console, network, topology
 
 MIN_FREE_BYTES = 2 * 1024**3  # room for last.pt + best.pt of a large model, with headroom
@@ -104,7 +105,7 @@ def check_resume(cfg: RunConfig) -> Check | None:
                               "start afresh there" if cfg.resume == "auto" else "or --resume never to start afresh")
     except ConfigError as e:
         return Check("resume", False, str(e))
-    return Check("resume", True, f"resumes {path} at epoch {ckpt['epoch']}")
+    return Check("resume", True, f"resumes {path} at {position_words(ckpt['epoch'], 0, None)}")
 
 
 def check_start_weights(cfg: RunConfig, here: bool) -> Check | None:

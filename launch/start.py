@@ -13,6 +13,7 @@ from distrib.data import workers
 from distrib.paths import RunPaths
 from distrib.runtime import hangs
 from distrib.runtime.failure import clear as clear_failures
+from distrib.words import position_words
 from launch import console, eval_target, network, preflight, run_dir, status, topology
 from launch.run_local import child_env, rank_failure, run, write_launch_record
 
@@ -107,8 +108,7 @@ def finish(cfg: RunConfig, code: int, stopped_by: str | None, seconds: float, ty
     if code == 0 and stopped_by:
         where = run_dir.position(paths) or {}
         run_dir.write_outcome(paths, "stopped", wall_seconds=wall)
-        at = (f"epoch {where.get('epoch')}, step {where.get('batch')} of {where.get('batches')}"
-              if where.get("batch") else f"the end of epoch {where.get('epoch', 1) - 1}")
+        at = position_words(where.get("epoch", 0), where.get("batch", 0), where.get("batches"))
         if at_once:
             saved = f"{paths.last} holds {at}" if where else "no checkpoint was written yet"
             out.print(f"[yellow]stopped at once[/] by a second {stopped_by}; {saved}. Resume with the same "

@@ -11,6 +11,7 @@ from pathlib import Path
 from distrib.config import ConfigError
 from distrib.files import read_json
 from distrib.paths import RunPaths
+from distrib.words import epoch_name, position_words
 from launch import run_dir as rd
 from launch.console import duration
 
@@ -42,8 +43,8 @@ def summary(run_dir: str, data: str | None = None) -> list[str]:
     wall = (rd.outcome(paths) or {}).get("wall_seconds") or seconds
     ema = " (EMA weights: best.pt, eval, predict and export use them)" if acc == "val_ema_acc1" else ""
     five = acc.replace("acc1", "acc5")
-    lines = [f"  best acc1 {best[acc]:.2f}% at epoch {best['epoch']}{ema}; final acc1 {last[acc]:.2f}%, "
-             f"acc5 {last[five]:.2f}% (epoch {last['epoch']})",
+    lines = [f"  best acc1 {best[acc]:.2f}% at {epoch_name(best['epoch'])}{ema}; final acc1 {last[acc]:.2f}%, "
+             f"acc5 {last[five]:.2f}% ({epoch_name(last['epoch'])})",
              f"  {len(rows)} epoch(s), wall time {duration(wall)}, {images / max(seconds, 1e-9):,.0f} img/s "
              f"training on average",
              f"  best.pt  {paths.best}",
@@ -110,10 +111,10 @@ def show(run_dir: Path, out) -> None:
     word, detail = state(run_dir)
     where = rd.position(paths) or {}
     epochs = where.get("epochs") or _configured_epochs(paths)
-    progress = f"epoch {where.get('epoch', 0)} of {epochs}" if epochs else "no checkpoint yet"
+    progress = f"{where.get('epoch', 0)} of {epochs} epochs done" if epochs else "no checkpoint yet"
     if where.get("batch"):
-        progress += f" (stopped inside it, at step {where['batch']} of {where.get('batches', '?')})"
-    out.print(f"{run_dir}: [bold]{word}[/], {progress} done; {detail}", soft_wrap=True)
+        progress += f", last.pt at {position_words(where['epoch'], where['batch'], where.get('batches'))}"
+    out.print(f"{run_dir}: [bold]{word}[/], {progress}; {detail}", soft_wrap=True)
     for line in summary(str(run_dir))[:4]:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     failure = _failure_line(str(run_dir)) if word == "failed" else None

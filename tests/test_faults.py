@@ -50,7 +50,7 @@ def test_stop_mid_epoch_resumes_at_the_same_step(two_rank_run, imagefolder, tmp_
     assert metrics(run_dir) == []
     proc = distrain("launch", "--gpus", "0", "--procs", "2", *options)  # clears the stale STOP, resumes
     assert_ok(proc)
-    assert "resuming at epoch 0, batch 1" in proc.stdout
+    assert "resuming at epoch 1, step 1" in proc.stdout
     resumed, straight = metrics(run_dir), metrics(two_rank_run)
     assert [r["epoch"] for r in resumed] == [0, 1]
     for a, b in zip(resumed, straight):

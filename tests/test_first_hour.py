@@ -48,7 +48,7 @@ def test_the_same_command_finds_the_run_and_more_epochs_continue_it(workdir, fin
     more = distrain(*[a if a != "1" or command[i - 1] != "--epochs" else "2" for i, a in enumerate(command)],
                     cwd=workdir)
     assert_ok(more)
-    assert "resuming at epoch 1" in more.stdout
+    assert "resuming at the end of epoch 1" in more.stdout
     assert list((workdir / "runs").iterdir()) == [run_dir]  # the same run dir, not a new one
     assert [r["epoch"] for r in metrics(run_dir)] == [0, 1]  # epoch 0 not trained twice
 

@@ -64,7 +64,7 @@ def test_first_hour_commands_do_what_the_readme_says(tmp_path):
     assert not undocumented, f"metrics.jsonl keys missing from the README's run-dir list: {undocumented}"
     best = max(rows, key=lambda r: r["val_acc1"])
     assert best["val_acc1"] > 80, rows  # the README's promise for the digits run
-    assert f"best acc1 {best['val_acc1']:.2f}% at epoch {best['epoch']}" in trained.stdout
+    assert f"best acc1 {best['val_acc1']:.2f}% at epoch {best['epoch'] + 1}" in trained.stdout
     assert "timing:" in trained.stdout and "one epoch of" in trained.stdout
 
     scored = run(evaluate, tmp_path)  # no extra options: the checkpoint's own preprocessing
@@ -80,7 +80,7 @@ def test_first_hour_commands_do_what_the_readme_says(tmp_path):
 
     state = run(status, tmp_path)
     assert_ok(state)
-    assert "finished, epoch 4 of 4" in state.stdout
+    assert "finished, 4 of 4 epochs done" in state.stdout
     assert not any("Traceback" in p for p in (trained.all, scored.all, repeated.all, state.all))
     left = [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("distrain")]
     assert not left, f"eval leaves no temporary folder behind: {left}"

@@ -325,7 +325,7 @@ def test_stopped_mid_epoch_with_everything_on_resumes_exactly(everything_run, im
     assert "model_ema" in ckpt and metrics(run_dir) == []
     proc = distrain("launch", "--gpus", "0", "--procs", "2", *options)
     assert_ok(proc)
-    assert "resuming at epoch 0, batch 2" in proc.stdout
+    assert "resuming at epoch 1, step 1" in proc.stdout  # one accumulated step (2 batches) was done
     resumed, straight = metrics(run_dir), metrics(everything_run)
     assert [r["epoch"] for r in resumed] == [0, 1]
     for a, b in zip(resumed, straight):

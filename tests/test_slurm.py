@@ -54,7 +54,7 @@ def test_two_node_job_completes_with_exact_validation(imagefolder, tmp_path):
     assert len(rows) == 1 and rows[0]["world_size"] == 2 and rows[0]["val_samples"] == VAL_IMAGES
     status = distrain("status", run_dir)
     assert_ok(status)
-    assert f"SLURM job {job}: COMPLETED" in status.stdout and "finished, epoch 1 of 1 done" in status.stdout
+    assert f"SLURM job {job}: COMPLETED" in status.stdout and "finished, 1 of 1 epochs done" in status.stdout
 
 
 def test_srun_launcher_without_torchrun(imagefolder, tmp_path):

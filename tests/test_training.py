@@ -69,7 +69,7 @@ def test_resume_trains_no_epoch_twice_and_matches(two_rank_run, imagefolder, tmp
     assert_ok(distrain("launch", "--epochs", "1", *common))
     proc = distrain("launch", "--epochs", "2", *common)
     assert_ok(proc)
-    assert "resuming at epoch 1" in proc.stdout
+    assert "resuming at the end of epoch 1" in proc.stdout
     resumed, straight = metrics(run_dir), metrics(two_rank_run)
     assert [r["epoch"] for r in resumed] == [0, 1]  # epoch 0 was not trained again
     for a, b in zip(resumed, straight):

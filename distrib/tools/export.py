@@ -145,7 +145,7 @@ def main(ckpt: dict, checkpoint_path: str, fmt: str, output: str, pre: Preproces
         "normalization": kind.normalization,
         "preprocessing": pre.as_dict(),
         "source": {"checkpoint": os.path.abspath(checkpoint_path), "sha256": sha256(checkpoint_path),
-                   "epoch": ckpt.get("epoch"), "best_acc1": ckpt.get("best_acc1")},
+                   "epochs_trained": ckpt.get("epoch"), "best_acc1": ckpt.get("best_acc1")},
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     }
     tmp = temp_path(output.rstrip(os.sep))  # a whole folder appears at once: built beside it, then renamed
