@@ -72,7 +72,7 @@ def recorded_config(paths: RunPaths) -> RunConfig | None:
 
 
 def math_differences(cfg: RunConfig, recorded: RunConfig) -> list[str]:
-    given, then = cfg.training_math(), recorded.training_math()
+    given, then = cfg.with_absolute_paths().training_math(), recorded.with_absolute_paths().training_math()
     return [f"--{flag(k)} {_show(given[k])} (recorded: {_show(then.get(k))})"
             for k in sorted(given) if given[k] != then.get(k)]
 

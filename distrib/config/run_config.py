@@ -25,6 +25,7 @@ SECTIONS = (TopologyOptions, SlurmOptions, DataOptions, ModelOptions, OptimOptio
 # fast, and how it is reported. Every other training option is part of a run's identity (training_math).
 NOT_TRAINING_MATH = frozenset({"epochs", "workers", "decode", "amp", "channels_last", "compile", "bucket_mb",
                                "log_interval"})
+PATH_FIELDS = ("data", "run_dir", "weights")  # recorded as absolute paths (with_absolute_paths)
 
 
 # Bases in reverse: a dataclass lists its bases' fields from the last base to the first, so the options
@@ -79,6 +80,14 @@ class RunConfig(*reversed(SECTIONS)):
         key = {k: v for k, v in self.training_math().items() if v != defaults.get(k)}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return dataclasses.replace(self, run_dir=os.path.join("runs", f"{self.arch}-{digest}"))
+
+    def with_absolute_paths(self) -> RunConfig:
+        """The paths made absolute (data, run dir, weights, a resume checkpoint): what config.toml records,
+        so `distrain launch --config RUN_DIR/config.toml` and job.sbatch work from any folder."""
+        absolute = {name: os.path.abspath(getattr(self, name)) for name in PATH_FIELDS if getattr(self, name)}
+        if self.resume not in ("auto", "never"):
+            absolute["resume"] = os.path.abspath(self.resume)
+        return dataclasses.replace(self, **absolute)
 
     def to_toml_dict(self) -> dict:
         """Plain TOML-able values: None is left out (TOML has no null), tuples are lists."""

@@ -86,8 +86,7 @@ def read_run_config(path: str) -> RunConfig:
 def write_run_config(cfg: RunConfig, path: str) -> None:
     import tomli_w
 
+    from distrib.files import write_atomic
+
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        tomli_w.dump(cfg.to_toml_dict(), fh)
-    os.replace(tmp, path)
+    write_atomic(path, tomli_w.dumps(cfg.with_absolute_paths().to_toml_dict()))
