@@ -19,7 +19,7 @@ from distrib.config import ConfigError, RunConfig, write_run_config
 from distrib.data import formats
 from distrib.paths import RunPaths
 from distrib.preprocess import Preprocessing
-from launch import topology
+from launch import topology, torchrun
 from launch.run_local import rank_failure, run
 
 # option typed by the user -> the Preprocessing field it overrides
@@ -117,11 +117,8 @@ def run_tool(tool: str, cfg: RunConfig, args: list[str], procs: int, out, run_di
         from distrib.__main__ import run as rank_main
 
         return rank_main([tool, *args, paths.config])
-    argv = topology.standalone_argv(sys.executable, procs, paths.torchrun_logs, [tool, *args, paths.config])
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if cfg.device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
+    argv = torchrun.torchrun_argv(sys.executable, procs, paths.torchrun_logs, [tool, *args, paths.config])
+    env = torchrun.rank_env(cfg.device, procs, os.environ)
     code, _ = run(argv, env, paths.stop, say=lambda m: None, stderr_path=os.path.join(paths.logs, "torchrun.err"))
     if code == 0:
         return 0

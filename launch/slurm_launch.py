@@ -7,8 +7,9 @@ import os
 import sys
 
 from distrib.config import ConfigError, RunConfig, write_run_config
+from distrib.paths import RunPaths
 from distrib.runtime.hangs import hang_dir
-from launch import topology
+from launch import topology, torchrun
 from launch.run_local import write_launch_record
 from slurm.sbatch import SbatchJob, activate_line, render_sbatch, validate_slurm_options
 from slurm.submit import SlurmError, submit
@@ -19,9 +20,10 @@ def job_for(cfg: RunConfig, plan: topology.Plan) -> SbatchJob:
         run_dir=cfg.run_dir, job_name=f"distrain-{cfg.arch}", nodes=plan.max_nodes,
         gpus_per_node=plan.procs_per_node if plan.device == "cuda" else 0, procs_per_node=plan.procs_per_node,
         python=sys.executable, activate=activate_line(dict(os.environ)),
-        rank_argv=("-m", "distrib", "train", os.path.join(cfg.run_dir, "config.toml")),
-        max_restarts=cfg.max_restarts,
-        env=tuple(topology.node_env(plan, None, hang_dir(cfg.run_dir), {}).items()))
+        rank_argv=("-m", "distrib", "train", RunPaths(cfg.run_dir).config),
+        node_argv=tuple(torchrun.node_args(plan.procs_per_node, plan.device, cfg.max_restarts, cfg.run_dir)),
+        endpoint_argv=tuple(torchrun.endpoint_args()),
+        env=tuple(torchrun.node_env(plan.device, hang_dir(cfg.run_dir), {}).items()))
 
 
 def launch(cfg: RunConfig, plan: topology.Plan, typed: list[str], dry_run: bool, out) -> int:
