@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     environ = dict(os.environ)
     head = job_head(environ)
     if args.endpoint:
-        print(torchrun.slurm_rendezvous("1", head, environ["SLURM_JOB_ID"]).endpoint)
+        print(f"{head}:{torchrun.rdzv_port(environ['SLURM_JOB_ID'])}")
         return
     net, node = network.slurm_node(head, int(environ.get("SLURM_NODEID", "0")))
     command, env = node_command(args, environ, head, node, sys.executable)

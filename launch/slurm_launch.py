@@ -23,7 +23,8 @@ def job_for(cfg: RunConfig, plan: topology.Plan) -> SbatchJob:
         rank_argv=("-m", "distrib", "train", RunPaths(cfg.run_dir).config),
         node_argv=tuple(torchrun.node_args(plan.procs_per_node, plan.device, cfg.max_restarts, cfg.run_dir)),
         endpoint_argv=tuple(torchrun.endpoint_args()),
-        env=tuple(torchrun.node_env(plan.device, hang_dir(cfg.run_dir), {}).items()))
+        # the torchrun layout's node payload sets these itself, on each node (launch/node.py)
+        env=tuple(torchrun.node_env(plan.device, hang_dir(cfg.run_dir), {}).items()) if cfg.launcher == "srun" else ())
 
 
 def launch(cfg: RunConfig, plan: topology.Plan, typed: list[str], dry_run: bool, out) -> int:

@@ -96,4 +96,4 @@ def test_salloc_and_sbatch_share_the_node_payload():
 
 def test_node_entry_imports_no_torch():
     code = "import sys, launch.node, launch.torchrun; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False).returncode == 0
