@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     net, node = network.slurm_node(head, int(environ.get("SLURM_NODEID", "0")))
     command, env = node_command(args, environ, head, node, sys.executable)
-    where = net.describe() if net else f"node {environ.get('SLURM_NODEID', 0)} of a job on one machine"
+    where = net.describe() if net else (f"node {environ.get('SLURM_NODEID', 0)} {'hosts' if node.is_host else 'joins'}"
+                                        f" the rendezvous at {head} (loopback or unresolved here: SLURM's node "
+                                        "order decides)")
     ifname = " ".join(f"{k}={env[k]}" for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if k in env)
     print(f"distrain: {where}{'; ' + ifname if ifname else ''}", flush=True)
     os.execve(command[0], command, env)

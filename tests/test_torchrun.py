@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from distrib.config import RunConfig
-from launch import node, topology, torchrun
+from launch import network, node, topology, torchrun
 
 REPO = Path(__file__).resolve().parent.parent
 LOGS = ["--log-dir", "/r/logs/torchrun", "--redirects", "2"]
@@ -72,6 +72,19 @@ def test_slurm_node_joins_the_jobs_rendezvous_with_its_interface():
     assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "eth1"
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["PYTHONUNBUFFERED"] == "1" and env["OMP_NUM_THREADS"]
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in env  # a SLURM job has a fixed node count
+
+
+def test_slurm_node_carrying_the_head_address_hosts_the_store():
+    """Whatever SLURM's node order says, the node whose interface carries the head's address hosts the store,
+    names that address and gets that interface; on loopback (one machine) the node order decides."""
+    outside = network.first_outside_address()
+    if outside is None:
+        pytest.skip("no non-loopback address on this machine")
+    ifname, addr = outside
+    net, role = network.slurm_node(addr, node_id=1)
+    assert role == torchrun.NodeRole(is_host=True, local_addr=addr, ifname=ifname) and net.is_host
+    assert network.slurm_node("127.0.0.1", node_id=1) == (None, torchrun.NodeRole(is_host=False))
+    assert network.slurm_node("127.0.0.1", node_id=0) == (None, torchrun.NodeRole(is_host=True))
 
 
 def test_a_users_own_interface_wins():
