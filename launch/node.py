@@ -60,14 +60,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.endpoint:
         print(f"{head}:{torchrun.rdzv_port(environ['SLURM_JOB_ID'])}")
         return
-    net, node = network.slurm_node(head, int(environ.get("SLURM_NODEID", "0")))
+    node_id = int(environ.get("SLURM_NODEID", "0"))
+    net, node = network.slurm_node(head, node_id)
     command, env = node_command(args, environ, head, node, sys.executable)
-    where = net.describe() if net else (f"node {environ.get('SLURM_NODEID', 0)} {'hosts' if node.is_host else 'joins'}"
-                                        f" the rendezvous at {head} (loopback or unresolved here: SLURM's node "
-                                        "order decides)")
-    ifname = " ".join(f"{k}={env[k]}" for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if k in env)
-    print(f"distrain: {where}{'; ' + ifname if ifname else ''}", flush=True)
+    print(f"distrain: node {node_id}: {_part(net, node, head)}"
+          + "".join(f"; {k}={env[k]}" for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if k in env), flush=True)
     os.execve(command[0], command, env)
+
+
+def _part(net: network.NodeNet | None, node: torchrun.NodeRole, head: str) -> str:
+    if net is not None:
+        return net.describe()
+    verb = "hosts" if node.is_host else "joins"
+    return f"{verb} the rendezvous at {head} ({head} is loopback or unresolved here: SLURM's node order decides)"
 
 
 if __name__ == "__main__":
