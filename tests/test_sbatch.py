@@ -279,9 +279,7 @@ def _env(path: Path) -> dict[str, str]:
 
 def test_torchrun_layout_runs_with_weird_paths(stubs):
     tmp_path, log, python, run_dir, env = stubs
-    node_env = (("TORCH_FR_BUFFER_SIZE", "2000"), ("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", f"{run_dir}/logs/hang/nccl"),
-                ("TORCH_NCCL_DUMP_ON_TIMEOUT", "1"))
-    cfg, job = make(run_dir=str(run_dir), gpus=0, procs=2, python=str(python), max_restarts=1, env=node_env)
+    cfg, job = make(run_dir=str(run_dir), gpus=2, procs=2, python=str(python), max_restarts=1)
     proc = _start(tmp_path, render_sbatch(cfg, job), {**env, "TORCH_NCCL_DUMP_ON_TIMEOUT": "0"})
     out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out
@@ -295,10 +293,10 @@ def test_torchrun_layout_runs_with_weird_paths(stubs):
     rank_env = _env(log / "python.1.0.env")
     assert rank_env["DISTRAIN_STOP_FILE"] == f"{run_dir}/STOP"
     assert rank_env["OMP_NUM_THREADS"] == "4" and rank_env["SRUN_CPUS_PER_TASK"] == "8"
-    assert rank_env["PYTHONUNBUFFERED"] == "1" and rank_env["CUDA_VISIBLE_DEVICES"] == ""
-    # distrain's Flight Recorder settings reach the ranks, a value of the job's own environment wins
+    assert rank_env["PYTHONUNBUFFERED"] == "1"
+    # the node payload's Flight Recorder settings reach the ranks, a value of the job's own environment wins
     assert rank_env["TORCH_FR_BUFFER_SIZE"] == "2000"
-    assert rank_env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == f"{run_dir}/logs/hang/nccl"
+    assert rank_env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == f"{run_dir}/logs/hang/nccl-trace-rank"
     assert rank_env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "0"
     assert not (log / "requeued").exists()
 
