@@ -23,8 +23,8 @@ from distrib.files import write_atomic
 from distrib.paths import RunPaths
 from distrib.preprocess import Preprocessing
 from distrib.runtime.env import cpu_cores
-from launch import topology
-from launch.run_local import child_env, rank_failure, run
+from launch import topology, torchrun
+from launch.run_local import rank_failure, run
 
 # option typed by the user -> the Preprocessing field it overrides
 PREPROCESSING_OPTIONS = {"image_size": "crop_size", "val_crop_size": "crop_size", "val_resize_size": "resize_size"}
@@ -121,8 +121,9 @@ def run_tool(tool: str, cfg: RunConfig, args: list[str], procs: int, out, run_di
         from distrib.__main__ import run as rank_main
 
         return rank_main([tool, *args, paths.config])
-    argv = topology.standalone_argv(sys.executable, procs, paths.torchrun_logs, [tool, *args, paths.config])
-    code, _ = run(argv, child_env(cfg.device, procs), paths.stop, say=lambda m: None, stderr_path=paths.torchrun_err)
+    argv = torchrun.torchrun_argv(sys.executable, procs, paths.torchrun_logs, [tool, *args, paths.config])
+    env = torchrun.rank_env(cfg.device, procs, os.environ)
+    code, _ = run(argv, env, paths.stop, say=lambda m: None, stderr_path=paths.torchrun_err)
     if code == 0:
         return 0
     failure = rank_failure(run_dir)

@@ -22,6 +22,8 @@ import socket
 import subprocess
 from dataclasses import dataclass
 
+from launch.torchrun import NodeRole
+
 
 @dataclass(frozen=True)
 class NodeNet:
@@ -38,9 +40,7 @@ class NodeNet:
     def hostname_is_loopback(self) -> bool:
         return bool(self.hostname_addrs) and all(is_loopback(a) for a in self.hostname_addrs)
 
-    def role(self):
-        from launch.topology import NodeRole
-
+    def role(self) -> NodeRole:
         return NodeRole(is_host=self.is_host, local_addr=self.local_addr, ifname=self.ifname)
 
     def describe(self) -> str:
@@ -162,9 +162,18 @@ def first_outside_address() -> tuple[str, str] | None:
 def this_node(plan) -> NodeNet | None:
     """This node's facts for the plan's c10d rendezvous; None where torchrun's own guesses are right
     (no rendezvous, or a loopback endpoint: every agent on this machine)."""
-    if plan.mode != "c10d":
-        return None
-    host = plan.rdzv_endpoint.rpartition(":")[0]
+    return _outside_node(plan.rdzv_endpoint.rpartition(":")[0]) if plan.mode == "c10d" else None
+
+
+def slurm_node(head: str, node_id: int) -> tuple[NodeNet | None, NodeRole]:
+    """This node's facts and part in a SLURM job's rendezvous on its first host `head`. Where `head` is
+    loopback (every node of the job on one machine, each carrying that address) or unreachable, SLURM's
+    node order decides who hosts the store, and torchrun's own address guess stands."""
+    net = _outside_node(head)
+    return net, net.role() if net else NodeRole(is_host=node_id == 0)
+
+
+def _outside_node(host: str) -> NodeNet | None:
     addrs = resolve(host)
     if not addrs or all(is_loopback(a) for a in addrs):
         return None

@@ -21,7 +21,6 @@ from importlib import metadata
 
 from distrib.files import write_atomic
 from distrib.paths import RunPaths
-from distrib.runtime.env import omp_threads
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -41,17 +40,6 @@ def write_launch_record(run_dir: str, record: dict) -> None:
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
               "argv": sys.argv, "versions": versions(), **record}
     write_atomic(RunPaths(run_dir).launch_record, record, as_json=True, indent=2)
-
-
-def child_env(device: str, procs: int, extra: dict | None = None) -> dict:
-    """The environment of the processes started here: ours, plus `extra`, plus what every rank needs
-    (no GPU for a CPU run, OMP_NUM_THREADS sharing the cores between `procs`, unbuffered output)."""
-    env = dict(os.environ, **(extra or {}))
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # --gpus 0 means CPU even on a GPU machine
-    env["OMP_NUM_THREADS"] = omp_threads(procs, env)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def run(argv: list[str], env: dict, stop_file: str, say=print, stderr_path: str | None = None

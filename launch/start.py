@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -14,8 +13,17 @@ from distrib.paths import RunPaths
 from distrib.runtime import hangs
 from distrib.runtime.failure import clear as clear_failures
 from distrib.words import position_words
-from launch import console, eval_target, network, preflight, run_dir, status, topology
-from launch.run_local import child_env, rank_failure, run, write_launch_record
+from launch import (
+    console,
+    eval_target,
+    network,
+    preflight,
+    run_dir,
+    status,
+    topology,
+    torchrun,
+)
+from launch.run_local import rank_failure, run, write_launch_record
 
 STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command resumes
 
@@ -46,7 +54,7 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
         out.print(describe(plan, cfg, typed), soft_wrap=True, markup=False)
         return 0
     node = network.this_node(plan)
-    argv = _node_argv(plan, cfg, paths.config, node and node.role())
+    argv = torchrun.plan_argv(plan, cfg, sys.executable, node and node.role())
     env = _rank_environment(plan, node, cfg.run_dir)
     write_run_config(cfg, paths.config)
     record = {"distrain": typed, "mode": plan.mode, "world_size": plan.world_size, "command": argv,
@@ -145,18 +153,10 @@ def _remove(path: str) -> None:
         pass
 
 
-def _node_argv(plan: topology.Plan, cfg: RunConfig, config_path: str, role: topology.NodeRole | None) -> list[str]:
-    if plan.mode == "salloc":
-        env = os.environ
-        head = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True,
-                              text=True, check=True).stdout.split()[0]
-        return topology.salloc_argv(plan, cfg, sys.executable, config_path, head, env["SLURM_JOB_ID"])
-    return topology.torchrun_argv(plan, cfg, sys.executable, config_path, role)
-
-
 def _rank_environment(plan: topology.Plan, node: network.NodeNet | None = None, run_dir: str = "") -> dict:
-    extra = topology.node_env(plan, node and node.role(), RunPaths(run_dir).hangs, os.environ)
-    return child_env(plan.device, plan.procs_per_node, extra)
+    extra = torchrun.node_env(plan.device, RunPaths(run_dir), os.environ, node and node.role(),
+                              elastic=plan.mode == "c10d")
+    return torchrun.rank_env(plan.device, plan.procs_per_node, os.environ, extra)
 
 
 def _headline(plan: topology.Plan, cfg: RunConfig) -> str:
@@ -178,7 +178,7 @@ def describe(plan: topology.Plan, cfg: RunConfig, launch_argv: list[str]) -> str
              *([f"# note: {note}"] if cfg.recipe and (note := recipes.batch_note(cfg.recipe, plan.global_batch)) else []),
              f"# `{shlex.join(launch_argv)}` writes {config_path}, then runs:"]
     if plan.mode != "c10d":
-        return "\n".join(lines + [shlex.join(_node_argv(plan, cfg, config_path, None))])
+        return "\n".join(lines + [shlex.join(torchrun.plan_argv(plan, cfg, sys.executable))])
     host = plan.rdzv_endpoint.rpartition(":")[0]
     lines.insert(3, f"# rendezvous c10d at {plan.rdzv_endpoint} (id {plan.rdzv_id}), hosted by the node "
                     f"that carries {host}'s address; every node runs the same command")
@@ -188,9 +188,9 @@ def describe(plan: topology.Plan, cfg: RunConfig, launch_argv: list[str]) -> str
         lines.insert(4, f"# NODE_ADDR: each node's own address on the interface that routes to {host} (found at "
                         "launch); its ranks get GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME naming that interface")
     for node in range(plan.max_nodes):
-        role = None if on_loopback else topology.NodeRole(is_host=node == 0, local_addr="NODE_ADDR")
+        role = None if on_loopback else torchrun.NodeRole(is_host=node == 0, local_addr="NODE_ADDR")
         lines += [f"# node {node}" + (f" (carries {host}'s address)" if role and role.is_host else ""),
-                  shlex.join(_node_argv(plan, cfg, config_path, role))]
+                  shlex.join(torchrun.plan_argv(plan, cfg, sys.executable, role))]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""What runs where: from --nodes/--gpus/--procs/--strategy to a plan and the exact torchrun command line.
+"""What runs where: from --nodes/--gpus/--procs/--strategy to a plan (launch/torchrun.py turns it into the
+command line), and the probes of what this machine and its SLURM allocation offer.
 
 Everything here is a pure function of its inputs (the config and what the machine shows), so dry runs
 and tests see exactly what a real launch runs. No torch import.
@@ -98,69 +99,3 @@ def rdzv_id(cfg: RunConfig) -> str:
     """Derived from what every node's identical command line says, so all nodes agree without talking."""
     key = "|".join(str(x) for x in (cfg.run_dir, cfg.rdzv_endpoint, cfg.arch, cfg.data, cfg.nodes))
     return "distrain-" + hashlib.sha1(key.encode()).hexdigest()[:12]
-
-
-def torchrun_argv(plan: Plan, cfg: RunConfig, python: str, config_path: str,
-                  node: NodeRole | None = None) -> list[str]:
-    """The torchrun (torch.distributed.run) command line of one node; `node` says its part in the
-    rendezvous (None: leave it to torchrun, as on loopback where every agent is on this machine)."""
-    argv = [python, "-m", "torch.distributed.run"]
-    if plan.mode in ("standalone", "dp"):
-        argv += ["--standalone", "--nnodes", "1"]
-    else:
-        argv += ["--nnodes", plan.nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint", plan.rdzv_endpoint,
-                 "--rdzv-id", plan.rdzv_id]
-        if node is not None:
-            # torchrun guesses both from the hostname; on a node whose name resolves to loopback or to another
-            # NIC it guesses wrong (no store host at all, or workers looking for the store at "localhost").
-            argv += ["--rdzv-conf", f"is_host={int(node.is_host)}", "--local-addr", node.local_addr]
-    argv += ["--nproc-per-node", str(plan.procs_per_node), "--max-restarts", str(cfg.max_restarts),
-             # Ranks write stdout straight to the console (rank 0 the progress, others only warnings); their
-             # stderr goes to per-rank files, so a failing rank's traceback shows once, in torchrun's summary.
-             "--log-dir", os.path.join(cfg.run_dir, "logs", "torchrun"), "--redirects", "2"]
-    return argv + ["-m", "distrib", "train", config_path]
-
-
-def standalone_argv(python: str, procs: int, log_dir: str, module_args: list[str]) -> list[str]:
-    """torchrun for a tool on this node alone (eval, predict): P processes, stderr to per-rank files."""
-    return [python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(procs),
-            "--log-dir", log_dir, "--redirects", "2", "-m", "distrib", *module_args]
-
-
-@dataclass(frozen=True)
-class NodeRole:
-    """This node's part in a c10d rendezvous (launch/network.py finds it): does it carry the endpoint
-    address, the address the other nodes reach it at, and the interface that carries that address."""
-    is_host: bool
-    local_addr: str
-    ifname: str | None = None
-
-
-# Env a node's ranks get on top of the user's (a user's own setting wins): the interface that routes to the
-# rendezvous host for gloo and NCCL, and Flight Recorder buffers so a timed-out collective leaves a trace.
-FLIGHT_RECORDER_ENTRIES = "2000"
-
-
-def node_env(plan: Plan, node: NodeRole | None, hang_dir: str, environ: dict) -> dict[str, str]:
-    """The variables this node's ranks get from distrain, leaving out any the user already set."""
-    env = {"TORCH_FR_BUFFER_SIZE": FLIGHT_RECORDER_ENTRIES}
-    if plan.mode == "c10d":
-        # With the agents' shared store, a node that joins a later round (elastic scale-up: a lost node
-        # coming back) waits forever for the store address the old rank-0 agent never republishes
-        # (torch 2.14); unshared, rank 0's worker hosts a fresh store every round (distrib/runtime/process_group.py).
-        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    if plan.device == "cuda":  # NCCL writes its own trace from its watchdog when a collective times out
-        env |= {"TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-                "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": os.path.join(hang_dir, "nccl-trace-rank")}
-    if node is not None and node.ifname:
-        env |= {"GLOO_SOCKET_IFNAME": node.ifname, "NCCL_SOCKET_IFNAME": node.ifname}
-    return {k: v for k, v in env.items() if k not in environ}
-
-
-def salloc_argv(plan: Plan, cfg: RunConfig, python: str, config_path: str, head: str, job_id: str) -> list[str]:
-    """Inside an salloc shell: one torchrun per allocated node, started by srun, rendezvous on the first node."""
-    node_plan = Plan(**{**plan.__dict__, "mode": "c10d", "rdzv_endpoint": f"{head}:{20000 + int(job_id) % 20000}",
-                        "rdzv_id": job_id})
-    srun = ["srun", f"--nodes={plan.max_nodes}", f"--ntasks={plan.max_nodes}", "--ntasks-per-node=1",
-            "--kill-on-bad-exit=1"]
-    return srun + torchrun_argv(node_plan, cfg, python, config_path)

@@ -3,8 +3,11 @@
     text = render_sbatch(cfg, SbatchJob(run_dir=..., nodes=2, gpus_per_node=8, procs_per_node=8, ...))
 
 Two layouts (reference/launcher_anchors.md B.1, B.2):
-  torchrun  one task per node; srun starts one torchrun agent per node, c10d rendezvous on the first node
+  torchrun  one task per node; srun starts the node payload (launch/node.py) on every node, which finds its
+            node's part in the c10d rendezvous on the first node and becomes that node's torchrun agent
   srun      one task per process; srun starts the ranks itself (they read SLURM_PROCID, SLURM_LOCALID)
+The launcher hands both commands over as plain argv (SbatchJob.node_argv, endpoint_argv): the torchrun
+flags and the port formula live in launch/torchrun.py alone.
 
 Both end the same way: `--signal=B:USR1@N` reaches only the batch shell, whose trap touches RUN_DIR/STOP;
 every rank polls that file, stops at a step boundary, rank 0 writes last.pt, and the shell requeues the job
@@ -35,7 +38,8 @@ class SbatchJob:
     python: str                  # sys.executable of the submitter
     activate: str | None         # a shell line, e.g. "source /x/venv/bin/activate"; None if none
     rank_argv: tuple[str, ...]   # what each rank runs after the interpreter: ("-m", "distrib", "train", CFG)
-    max_restarts: int            # torchrun restarts of a failed worker group
+    node_argv: tuple[str, ...]   # torchrun layout: what each node runs after the interpreter (launch/node.py)
+    endpoint_argv: tuple[str, ...]  # srun layout: after the interpreter, prints the job's rendezvous HOST:PORT
     env: tuple[tuple[str, str], ...] = ()  # what each node's ranks get unless the job's environment has it
 
 
@@ -55,7 +59,7 @@ def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
         "",
         f"RUN_DIR={shlex.quote(job.run_dir)}",
         f"PYTHON={shlex.quote(job.python)}",
-        f"RANK_ARGV=({' '.join(shlex.quote(a) for a in job.rank_argv)})",
+        f"RANK_ARGV=({_words(job.rank_argv)})" if srun_launch else f"NODE_ARGV=({_words(job.node_argv)})",
         f"MAX_REQUEUES={int(cfg.max_requeues)}",
         'export DISTRAIN_STOP_FILE="$RUN_DIR/STOP"',
         'rm -f "$DISTRAIN_STOP_FILE"  # a stop request belongs to the attempt that received it',
@@ -73,11 +77,7 @@ def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
         "export PYTHONUNBUFFERED=1",
         *(["# Flight Recorder: a collective that times out leaves a trace (a value of your own wins)"]
           + [f'[ -n "${{{k}+x}}" ] || export {k}={shlex.quote(v)}' for k, v in job.env] if job.env else []),
-        "",
-        "# rendezvous on the first node, on a port derived from the job id (stable across requeues)",
-        "# (sed, not head: head may close the pipe early, and pipefail would end the script)",
-        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
-        "MASTER_PORT=$(( 20000 + SLURM_JOB_ID % 20000 ))",
+        *(_endpoint(job.endpoint_argv) if srun_launch else []),
         "",
         "# B:USR1 (time limit near, or `scancel --signal=USR1 --batch`) asks for checkpoint, stop and requeue;",
         "# SIGTERM (scancel) for checkpoint and stop only: requeueing it would undo the user's scancel.",
@@ -87,7 +87,7 @@ def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
         "trap 'REQUEUE=1; touch \"$DISTRAIN_STOP_FILE\" || true' USR1",
         "trap 'touch \"$DISTRAIN_STOP_FILE\" || true' TERM",
     ]
-    lines += _srun_ranks(procs) if srun_launch else _srun_torchrun(procs, job.max_restarts)
+    lines += _srun_ranks(procs) if srun_launch else _srun_torchrun()
     lines += _wait_and_requeue()
     return "\n".join(lines) + "\n"
 
@@ -113,20 +113,27 @@ def _directives(cfg: RunConfig, job: SbatchJob, srun_launch: bool) -> list[str]:
     return out + [_sbatch_word(a) for a in cfg.sbatch_arg]
 
 
-def _srun_torchrun(procs: int, max_restarts: int) -> list[str]:
+def _srun_torchrun() -> list[str]:
     return [
         "",
-        "# One torchrun agent per node. The payload is single-quoted so that SLURM_NODEID expands on each node;",
-        '# values arrive as "$@", never spliced into code: $1 python, $2 endpoint, $3 log dir, then the rank argv.',
-        "srun --kill-on-bad-exit=1 --wait=60 --label bash -c '",
-        '  exec "$1" -m torch.distributed.run \\',
-        f'    --nnodes "$SLURM_NNODES" --nproc-per-node {procs} --max-restarts {int(max_restarts)} \\',
-        '    --rdzv-backend c10d --rdzv-endpoint "$2" --rdzv-id "$SLURM_JOB_ID" \\',
-        '    --rdzv-conf "is_host=$(( SLURM_NODEID == 0 ))" \\',
-        '    --log-dir "$3/node$SLURM_NODEID" --tee 3 \\',
-        "    \"${@:4}\"' \\",
-        '  distrain "$PYTHON" "$MASTER_ADDR:$MASTER_PORT" "$RUN_DIR/logs/torchrun" "${RANK_ARGV[@]}" &',
+        "# One torchrun agent per node: the payload finds, on its node, whether the node hosts the rendezvous store",
+        "# (the job's first node), its own address toward it and the interface, then becomes that node's torchrun.",
+        'srun --kill-on-bad-exit=1 --wait=60 --label "$PYTHON" "${NODE_ARGV[@]}" &',
     ]
+
+
+def _endpoint(endpoint_argv: tuple[str, ...]) -> list[str]:
+    return [
+        "",
+        "# rendezvous on the first node, on a port derived from the job id (stable across requeues)",
+        f'ENDPOINT=$("$PYTHON" {_words(endpoint_argv)})',
+        'MASTER_ADDR=${ENDPOINT%:*}',
+        'MASTER_PORT=${ENDPOINT##*:}',
+    ]
+
+
+def _words(argv: tuple[str, ...]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def _srun_ranks(procs: int) -> list[str]:

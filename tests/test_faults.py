@@ -176,11 +176,12 @@ def test_malicious_checkpoint_is_refused(imagefolder, tmp_path):
 def test_torchrun_line_quotes_every_value(tmp_path):
     """The dry run's command, pasted into a shell, passes a hostile run dir through as one literal word."""
     from distrib.config import RunConfig
-    from launch.topology import make_plan, torchrun_argv
+    from launch.topology import make_plan
+    from launch.torchrun import plan_argv
 
     weird = str(tmp_path / "a b'c\"$(touch PWNED);`touch PWNED2`\nx")
     cfg = RunConfig(synthetic=True, run_dir=weird, gpus=0, procs=2).validate()
-    argv = torchrun_argv(make_plan(cfg, 0), cfg, "echo", os.path.join(weird, "config.toml"))
+    argv = plan_argv(make_plan(cfg, 0), cfg, "echo")
     out = subprocess.run(["bash", "-c", shlex.join(argv) + " > args.txt; printf '%s\\0' \"$@\" >/dev/null"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -79,17 +79,17 @@ def rank_on(host, run_dir: Path) -> tuple[int, int]:
 
 def test_each_node_says_its_part_and_gets_the_interface():
     from distrib.config import RunConfig
-    from launch import topology
+    from launch import topology, torchrun
 
     cfg = RunConfig(nodes="2", gpus=0, rdzv_endpoint="10.0.0.1:29400", synthetic=True, run_dir="/r")
     plan = topology.make_plan(cfg, 0)
-    host = topology.torchrun_argv(plan, cfg, "py", "/r/config.toml", topology.NodeRole(True, "10.0.0.1", "ib0"))
-    other = topology.torchrun_argv(plan, cfg, "py", "/r/config.toml", topology.NodeRole(False, "10.0.0.2"))
+    host = torchrun.plan_argv(plan, cfg, "py", torchrun.NodeRole(True, "10.0.0.1", "ib0"))
+    other = torchrun.plan_argv(plan, cfg, "py", torchrun.NodeRole(False, "10.0.0.2"))
     assert host[host.index("--rdzv-conf") + 1] == "is_host=1" and host[host.index("--local-addr") + 1] == "10.0.0.1"
     assert other[other.index("--rdzv-conf") + 1] == "is_host=0" and "10.0.0.2" in other
-    env = topology.node_env(plan, topology.NodeRole(False, "10.0.0.2", "eth1"), "/r/logs/hang", {})
+    env = torchrun.node_env("cpu", RunPaths("/r"), {}, torchrun.NodeRole(False, "10.0.0.2", "eth1"))
     assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "eth1"
-    mine = topology.node_env(plan, topology.NodeRole(False, "10.0.0.2", "eth1"), "/h", {"GLOO_SOCKET_IFNAME": "bond0"})
+    mine = torchrun.node_env("cpu", RunPaths("/h"), {"GLOO_SOCKET_IFNAME": "bond0"}, torchrun.NodeRole(False, "10.0.0.2", "eth1"))
     assert "GLOO_SOCKET_IFNAME" not in mine and mine["NCCL_SOCKET_IFNAME"] == "eth1"  # a user's own setting wins
 
 

@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 import torchvision.transforms.autoaugment as tv_aa
 from conftest import TINY, assert_ok, distrain, metrics
-from distrib.data.samplers import RASampler
 from imagefolder import make_imagefolder
 from torchvision.transforms import InterpolationMode
 
 from distrib.config import ConfigError, RunConfig, resolve
+from distrib.data.samplers import RASampler
 from distrib.recipe import augment, mix
 from distrib.recipe.augment import Params
 from distrib.recipe.ema import ModelEMA, adjusted_decay

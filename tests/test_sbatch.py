@@ -7,6 +7,7 @@ and (when tests/slurm/cluster.sh is up) on the real two-node cluster.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import signal
 import stat
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from slurm_cluster import FINAL_STATES, cluster_available, job_restarts, wait_job
 
 from distrib.config import ConfigError, RunConfig, time_limit_seconds
+from launch import torchrun
 from slurm.sbatch import SbatchJob, activate_line, render_sbatch
 from slurm.submit import SlurmError, job_state, submission_env, submit
 
@@ -32,7 +34,8 @@ def make(run_dir="/shared/runs/resnet50", gpus=8, procs=8, nodes=2, rank_argv=No
     job = SbatchJob(run_dir=run_dir, job_name="distrain-resnet50", nodes=nodes, gpus_per_node=gpus,
                     procs_per_node=procs, python=python, activate=activate,
                     rank_argv=tuple(rank_argv or ("-m", "distrib", "train", f"{run_dir}/config.toml")),
-                    max_restarts=max_restarts, env=env)
+                    node_argv=tuple(torchrun.node_args(procs, "cuda" if gpus else "cpu", max_restarts, run_dir)),
+                    endpoint_argv=tuple(torchrun.endpoint_args()), env=env)
     cfg.validate()
     return cfg, job
 
@@ -103,7 +106,7 @@ def test_gres_directive_and_cpu_runs():
     assert "--gres=gpu:4" in sbatch_words(render_sbatch(*make(gpus=4, procs=4, gpu_directive="gres")))
     cpu = render_sbatch(*make(gpus=0, procs=3))
     assert not [w for w in sbatch_words(cpu) if w.startswith(("--gres", "--gpus"))]
-    assert "--nproc-per-node 3" in cpu
+    assert "--procs 3 --device cpu" in cpu
 
 
 def test_srun_launcher_layout():
@@ -139,7 +142,8 @@ def test_bash_n(launcher, run_dir):
 def test_weird_values_survive_sbatch_parsing():
     cfg = RunConfig(synthetic=True, sbatch_arg=["--comment=a \"b\" 'c' #d \\e"])
     job = SbatchJob(run_dir=f"/tmp/{WEIRD}", job_name="j 'x' \"y\" #z", nodes=1, gpus_per_node=0,
-                    procs_per_node=1, python="/p", activate=None, rank_argv=("x",), max_restarts=0)
+                    procs_per_node=1, python="/p", activate=None, rank_argv=("x",), node_argv=("y",),
+                    endpoint_argv=("z",))
     words = sbatch_words(render_sbatch(cfg, job))
     assert words[0] == "--job-name=j 'x' \"y\" #z"
     assert f"--output={job.run_dir.replace('%', '%%')}/logs/slurm-%j.out" in words
@@ -219,8 +223,12 @@ case "$1 $2" in
   *) exit 1 ;;
 esac
 """
+# The node payload (launch/node.py) runs for real, in the real interpreter, and execs this stub as its torchrun.
+REAL_NODE = (f'if [ "$1 $2" = "-m launch.node" ]; then PYTHONPATH={shlex.quote(str(REPO))} exec '
+             f'{shlex.quote(sys.executable)} -c "import runpy, sys; sys.executable = sys.argv.pop(1); '
+             f'runpy.run_module(\'launch.node\', run_name=\'__main__\')" "$0" "${{@:3}}"; fi\n')
 STUB_PYTHON = """#!/bin/bash
-id=$SLURM_NODEID.$SLURM_LOCALID
+""" + REAL_NODE + """id=$SLURM_NODEID.$SLURM_LOCALID
 printf '%s\\0' "$@" > "$STUB_LOG/python.$id.argv"
 if [ -e "$DISTRAIN_STOP_FILE" ]; then touch "$STUB_LOG/stop_at_start.$id"; fi
 env -0 > "$STUB_LOG/python.$id.env"
@@ -267,27 +275,24 @@ def _env(path: Path) -> dict[str, str]:
 
 def test_torchrun_layout_runs_with_weird_paths(stubs):
     tmp_path, log, python, run_dir, env = stubs
-    rank_argv = ("-m", "distrib", "train", f"{run_dir}/config.toml", "x\ny")
-    node_env = (("TORCH_FR_BUFFER_SIZE", "2000"), ("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", f"{run_dir}/logs/hang/nccl"),
-                ("TORCH_NCCL_DUMP_ON_TIMEOUT", "1"))
-    cfg, job = make(run_dir=str(run_dir), gpus=0, procs=2, python=str(python), rank_argv=rank_argv, env=node_env)
+    cfg, job = make(run_dir=str(run_dir), gpus=2, procs=2, python=str(python), max_restarts=1)
     proc = _start(tmp_path, render_sbatch(cfg, job), {**env, "TORCH_NCCL_DUMP_ON_TIMEOUT": "0"})
     out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out
     assert not list(tmp_path.rglob("PWNED")), "a user value was run as shell code"
-    for node in (0, 1):
+    for node in (0, 1):  # each node's payload found its part (n1 is loopback here: SLURM's node order decides)
         argv = _argv(log / f"python.{node}.0.argv")
-        assert argv == ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2", "--max-restarts",
-                        "0", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"n1:{20000 + 12345 % 20000}",
-                        "--rdzv-id", "12345", "--rdzv-conf", f"is_host={int(node == 0)}", "--log-dir",
-                        f"{run_dir}/logs/torchrun/node{node}", "--tee", "3", *rank_argv]
+        assert argv == ["-m", "torch.distributed.run", "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                        "n1:32345", "--rdzv-id", "12345", "--rdzv-conf", f"is_host={int(node == 0)}",
+                        "--nproc-per-node", "2", "--max-restarts", "1", "--log-dir", f"{run_dir}/logs/torchrun",
+                        "--redirects", "2", "-m", "distrib", "train", f"{run_dir}/config.toml"]
     rank_env = _env(log / "python.1.0.env")
     assert rank_env["DISTRAIN_STOP_FILE"] == f"{run_dir}/STOP"
     assert rank_env["OMP_NUM_THREADS"] == "4" and rank_env["SRUN_CPUS_PER_TASK"] == "8"
     assert rank_env["PYTHONUNBUFFERED"] == "1"
-    # distrain's Flight Recorder settings reach the ranks, a value of the job's own environment wins
+    # the node payload's Flight Recorder settings reach the ranks, a value of the job's own environment wins
     assert rank_env["TORCH_FR_BUFFER_SIZE"] == "2000"
-    assert rank_env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == f"{run_dir}/logs/hang/nccl"
+    assert rank_env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == f"{run_dir}/logs/hang/nccl-trace-rank"
     assert rank_env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "0"
     assert not (log / "requeued").exists()
 
@@ -391,7 +396,7 @@ needs_cluster = pytest.mark.skipif(not cluster_available(), reason="no SLURM clu
 
 CLUSTER_PYTHON = """#!/bin/bash
 # a stand-in rank: records its argv per node; with WAIT, runs until the stop file appears (first attempt only)
-printf '%s\\0' "$@" > "$(dirname "$0")/argv.$SLURM_NODEID.$SLURM_LOCALID.$SLURM_RESTART_COUNT"
+""" + REAL_NODE + """printf '%s\\0' "$@" > "$(dirname "$0")/argv.$SLURM_NODEID.$SLURM_LOCALID.$SLURM_RESTART_COUNT"
 if [ -n "${WAIT:-}" ] && [ -z "${SLURM_RESTART_COUNT:-}" ]; then
   touch "$(dirname "$0")/started"
   for _ in $(seq 300); do [ -e "$DISTRAIN_STOP_FILE" ] && exit 0; sleep 0.1; done
@@ -419,8 +424,8 @@ def test_cluster_runs_one_torchrun_per_node(tmp_path):
     for node in (0, 1):  # SLURM_NODEID expanded on each node by the real srun
         argv = _argv(tmp_path / "bin" / f"argv.{node}.0.")
         assert argv[argv.index("--rdzv-conf") + 1] == f"is_host={int(node == 0)}"
-        assert argv[argv.index("--log-dir") + 1] == f"{run_dir}/logs/torchrun/node{node}"
-        assert argv[-4:] == ["-m", "distrib", "train", "a b"]
+        assert argv[argv.index("--log-dir") + 1] == f"{run_dir}/logs/torchrun"
+        assert argv[-4:] == ["-m", "distrib", "train", f"{run_dir}/config.toml"]
     assert not list(tmp_path.rglob("PWNED"))
 
 

@@ -65,6 +65,7 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def omp_threads(procs: int, environ: Mapping[str, str]) -> str:
-    """OMP_NUM_THREADS for `procs` processes sharing these cores (at least 1); the user's own setting wins."""
-    return environ.get("OMP_NUM_THREADS", str(max(1, cpu_cores() // max(procs, 1))))
+def omp_threads(procs: int, environ: Mapping[str, str], cores: int | None = None) -> str:
+    """OMP_NUM_THREADS for `procs` processes sharing these cores (or `cores`; at least 1); the user's own
+    setting wins."""
+    return environ.get("OMP_NUM_THREADS", str(max(1, (cores or cpu_cores()) // max(procs, 1))))

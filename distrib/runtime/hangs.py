@@ -17,10 +17,6 @@ import os
 from distrib.paths import RunPaths
 
 
-def hang_dir(run_dir: str) -> str:
-    return RunPaths(run_dir).hangs
-
-
 def evidence(run_dir: str) -> tuple[str | None, list[str]]:
     """(the last hang's one-line explanation, the non-empty files it left, newest first)."""
     paths = RunPaths(run_dir)
