@@ -79,6 +79,7 @@ def rank_on(host, run_dir: Path) -> tuple[int, int]:
 
 def test_each_node_says_its_part_and_gets_the_interface():
     from distrib.config import RunConfig
+    from distrib.paths import RunPaths
     from launch import topology, torchrun
 
     cfg = RunConfig(nodes="2", gpus=0, rdzv_endpoint="10.0.0.1:29400", synthetic=True, run_dir="/r")
