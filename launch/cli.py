@@ -46,7 +46,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-CONFIG_OPTION = typer.Option(None, "--config", help="TOML file of options (keys are the long option names); "
+CONFIG_OPTION = typer.Option(None, "--config", metavar="FILE", help="TOML file of options (keys are the long option names); "
                              "the command line wins over the file.", rich_help_panel=RUNTIME)
 
 
@@ -61,7 +61,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print distrain's version and exit.",
+def _root(version: bool = typer.Option(False, "--version", metavar=" ", help="Print distrain's version and exit.",
                                        callback=_version, is_eager=True)):
     """Train torchvision image classifiers on one GPU, many nodes, or a SLURM cluster."""
 
@@ -79,7 +79,7 @@ def build_config(cli: dict, config_file: Optional[Path]) -> RunConfig:
              "  distrain launch --slurm --nodes 2 --gpus 8 --partition gpu --time 24:00:00 --data /data/imagenet")
 @run_options(TOPOLOGY, SLURM, TRAINING, RUNTIME, skip=("device",))
 def launch(cli: dict, config: Optional[Path] = CONFIG_OPTION,
-           dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run; start nothing.",
+           dry_run: bool = typer.Option(False, "--dry-run", metavar=" ", help="Print what would run; start nothing.",
                                         rich_help_panel=TOPOLOGY)):
     """Start a run: torchrun on this node, a c10d rendezvous across nodes, DataParallel, or sbatch."""
     from launch import start
@@ -100,18 +100,38 @@ def train(cli: dict, config: Optional[Path] = CONFIG_OPTION):
     raise typer.Exit(code)
 
 
+# eval, predict and export take a few training options with another meaning: the checkpoint decides
+CHECKPOINT = "Instead of the checkpoint's own"
+USE_OVERRIDES = {
+    "data": {"group": TRAINING, "help": "What to score: the data the checkpoint trained on (its held-out "
+             "--val-split images, or val/), another root's val/, or every image of class folders."},
+    "image_size": {"group": CHECKPOINT, "hide_default": True, "help": "Crop size (default: the checkpoint's, "
+                   "recorded at training)."},
+    "val_crop_size": {"group": CHECKPOINT, "hide_default": True, "help": "Centre-crop size (default: the "
+                      "checkpoint's)."},
+    "val_resize_size": {"group": CHECKPOINT, "hide_default": True, "help": "Shorter side before the crop "
+                        "(default: the checkpoint's)."},
+    "batch_size": {"group": TOPOLOGY, "hide_default": True, "help": "Images per process per step (default: the "
+                   "training run's; 64 for predict)."},
+    "workers": {"group": TOPOLOGY, "hide_default": True, "help": "Loader processes per process (default: what "
+                "this machine's cores allow, at most 4)."},
+}
+
+
 @app.command(name="eval")
 @run_options(TRAINING, skip=tuple(f for f in RunConfig.__dataclass_fields__
-                                  if f not in ("data", "image_size", "batch_size", "workers")))
+                                  if f not in ("data", "image_size", "batch_size", "workers")),
+             overrides=USE_OVERRIDES)
 def evaluate(cli: dict,
-             checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint to evaluate (last.pt, best.pt)."),
-             gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs (default: all visible; 0 = CPU).",
+             checkpoint: Path = typer.Option(..., "--checkpoint", metavar="PATH", help="Checkpoint to evaluate (last.pt, best.pt)."),
+             gpus: Optional[int] = typer.Option(None, "--gpus", metavar="N", help="GPUs (default: all visible; 0 = CPU).",
                                                 rich_help_panel=TOPOLOGY),
-             procs: int = typer.Option(1, "--procs", help="CPU processes (with --gpus 0).", rich_help_panel=TOPOLOGY),
-             json_out: bool = typer.Option(False, "--json", help="Print one JSON object: acc1, acc5, loss, samples."),
-             ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the checkpoint's EMA weights when it has "
+             procs: int = typer.Option(1, "--procs", metavar="N", help="CPU processes (with --gpus 0).", rich_help_panel=TOPOLOGY),
+             json_out: bool = typer.Option(False, "--json", metavar=" ", help="Print one JSON object: acc1, acc5, loss, samples."),
+             ema: bool = typer.Option(True, "--ema/--no-ema", metavar=" ", help="Use the checkpoint's EMA weights when it has "
                                       "them (--model-ema runs); --no-ema: the raw trained weights.")):
-    """Accuracy of a checkpoint on DATA/val, on one or many processes (identical for any count)."""
+    """Accuracy of a checkpoint (top-1, top-5, loss), on one or many processes (identical for any count); it
+    says which images it scored and how many it skipped as unreadable."""
     from launch import start
 
     code = start.evaluate(checkpoint, cli, gpus, procs, json_out, out=out, warn=warn, ema=ema)
@@ -127,19 +147,19 @@ USE_OPTIONS = ("image_size", "val_crop_size", "val_resize_size")  # the checkpoi
              "  distrain predict --checkpoint best.pt @list.txt --gpus 0 --procs 4 --output preds.jsonl\n\n"
              "  distrain predict --model export-onnx/ photos/   (onnxruntime, no torch)")
 @run_options(TRAINING, skip=tuple(f for f in RunConfig.__dataclass_fields__
-                                  if f not in (*USE_OPTIONS, "batch_size", "workers")))
+                                  if f not in (*USE_OPTIONS, "batch_size", "workers")), overrides=USE_OVERRIDES)
 def predict(cli: dict,
             inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively, sorted) "
                                                "or @LIST.txt (one path a line)."),
-            checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A distrain checkpoint."),
-            model: Optional[Path] = typer.Option(None, "--model", help="An ONNX export folder (distrain export "
+            checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", metavar="PATH", help="A distrain checkpoint."),
+            model: Optional[Path] = typer.Option(None, "--model", metavar="DIR", help="An ONNX export folder (distrain export "
                                                  "--format onnx): runs on onnxruntime, without torch."),
-            topk: int = typer.Option(5, "--topk", help="Classes per image."),
-            output: Optional[Path] = typer.Option(None, "--output", help="x.csv, x.json or x.jsonl (the suffix "
+            topk: int = typer.Option(5, "--topk", metavar="K", help="Classes per image."),
+            output: Optional[Path] = typer.Option(None, "--output", metavar="FILE", help="x.csv, x.json or x.jsonl (the suffix "
                                                   "picks the format); default: CSV on stdout."),
-            gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs (default: all visible; 0 = CPU).",
+            gpus: Optional[int] = typer.Option(None, "--gpus", metavar="N", help="GPUs (default: all visible; 0 = CPU).",
                                                rich_help_panel=TOPOLOGY),
-            procs: int = typer.Option(1, "--procs", help="CPU processes (with --gpus 0).", rich_help_panel=TOPOLOGY)):
+            procs: int = typer.Option(1, "--procs", metavar="N", help="CPU processes (with --gpus 0).", rich_help_panel=TOPOLOGY)):
     """Top-k classes and probabilities per image, in input order; an unreadable image is a row with an error."""
     from launch import model_tools
 
@@ -150,12 +170,13 @@ def predict(cli: dict,
 @app.command(name="export", epilog="[bold]Examples[/]\n\n"
              "  distrain export --checkpoint runs/r18/checkpoints/best.pt --format onnx --output r18-onnx\n\n"
              "  distrain export --checkpoint best.pt --format safetensors --output r18-st --sample data/val")
-@run_options(TRAINING, skip=tuple(f for f in RunConfig.__dataclass_fields__ if f not in USE_OPTIONS))
+@run_options(TRAINING, skip=tuple(f for f in RunConfig.__dataclass_fields__ if f not in USE_OPTIONS),
+             overrides=USE_OVERRIDES)
 def export_model(cli: dict,
-                 checkpoint: Path = typer.Option(..., "--checkpoint", help="A distrain checkpoint."),
-                 fmt: str = typer.Option(..., "--format", help="safetensors | onnx | torch-export."),
-                 output: Path = typer.Option(..., "--output", help="A new folder: the model file and model.json."),
-                 sample: Optional[list[str]] = typer.Option(None, "--sample", help="Images to check the export on "
+                 checkpoint: Path = typer.Option(..., "--checkpoint", metavar="PATH", help="A distrain checkpoint."),
+                 fmt: str = typer.Option(..., "--format", metavar="FORMAT", help="One of: safetensors, onnx, torch-export."),
+                 output: Path = typer.Option(..., "--output", metavar="DIR", help="A new folder: the model file and model.json."),
+                 sample: Optional[list[str]] = typer.Option(None, "--sample", metavar="PATH", help="Images to check the export on "
                                                             "(files, folders, @LIST.txt; up to 64 used); default: "
                                                             "random pixels.")):
     """A model file for another runtime, with model.json (classes, preprocessing, source sha256), checked."""
@@ -170,8 +191,8 @@ def export_model(cli: dict,
 
 @app.command()
 def tensorboard(runs_dir: Path = typer.Argument(Path("runs"), help="Folder holding the runs."),
-                port: int = typer.Option(6006, "--port", help="Port to serve on."),
-                host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes it to the "
+                port: int = typer.Option(6006, "--port", metavar="N", help="Port to serve on."),
+                host: str = typer.Option("127.0.0.1", "--host", metavar="ADDR", help="Address to bind; 0.0.0.0 exposes it to the "
                                          "network.")):
     """Serve the real TensorBoard over all runs (bound to 127.0.0.1 unless asked otherwise)."""
     from launch import tensorboard as tb
@@ -182,7 +203,7 @@ def tensorboard(runs_dir: Path = typer.Argument(Path("runs"), help="Folder holdi
 @app.command()
 @run_options(TOPOLOGY, SLURM, TRAINING, RUNTIME, skip=("device",))
 def check(cli: dict, config: Optional[Path] = CONFIG_OPTION,
-          sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Read N random images' headers "
+          sample: Optional[int] = typer.Option(None, "--sample", metavar="N", min=1, help="Read N random images' headers "
                                                "instead of all (a quick look at a large dataset).")):
     """Pre-flight checks with nothing trained: data, GPUs, backend, rendezvous, run dir, disk."""
     from launch import preflight
@@ -201,11 +222,11 @@ BENCH_OPTIONS = ("data", "synthetic", "arch", "image_size", "batch_size", "worke
              "  distrain bench --data /data/imagenet --batch-size 256 --workers 16 --decode device")
 @run_options(TRAINING, RUNTIME, skip=tuple(f for f in RunConfig.__dataclass_fields__ if f not in BENCH_OPTIONS))
 def bench(cli: dict,
-          loader_only: bool = typer.Option(False, "--loader-only", help="Measure the input pipeline alone."),
-          steps: int = typer.Option(20, "--steps", help="Timed model steps (after warm-up)."),
-          seconds: float = typer.Option(10.0, "--seconds", help="The input pipeline's timed window, after a "
+          loader_only: bool = typer.Option(False, "--loader-only", metavar=" ", help="Measure the input pipeline alone."),
+          steps: int = typer.Option(20, "--steps", metavar="N", help="Timed model steps (after warm-up)."),
+          seconds: float = typer.Option(10.0, "--seconds", metavar="S", help="The input pipeline's timed window, after a "
                                         "warm-up until its rate settles (at most as long again)."),
-          json_out: bool = typer.Option(False, "--json", help="Print one JSON object (with images_per_sec).")):
+          json_out: bool = typer.Option(False, "--json", metavar=" ", help="Print one JSON object (with images_per_sec).")):
     """Measured throughput: the model step, the input pipeline, or both and which one limits training.
     Default --workers: 4, capped by the cores."""
     from dataclasses import asdict
@@ -233,8 +254,8 @@ def bench(cli: dict,
 @app.command()
 def pack(data: Path = typer.Argument(..., help="ImageFolder root (train/ and val/, or train/ alone)."),
          output: Path = typer.Argument(..., help="Folder for the shards (created; an interrupted pack resumes)."),
-         shard_size: str = typer.Option("1GB", "--shard-size", help="Image bytes per shard, e.g. 1GB or 256MB."),
-         procs: int = typer.Option(1, "--procs", min=1, help="Processes writing shards.")):
+         shard_size: str = typer.Option("1GB", "--shard-size", metavar="SIZE", help="Image bytes per shard, e.g. 1GB or 256MB."),
+         procs: int = typer.Option(1, "--procs", metavar="N", min=1, help="Processes writing shards.")):
     """Pack an ImageFolder into WebDataset tar shards with an offsets index; `--data OUTPUT` then trains on it."""
     from launch import data_tools
 
@@ -243,9 +264,9 @@ def pack(data: Path = typer.Argument(..., help="ImageFolder root (train/ and val
 
 @app.command(name="index")
 def index_command(data: Path = typer.Argument(..., help="ImageFolder root."),
-                  val_split: Optional[float] = typer.Option(None, "--val-split", help="As for training: for "
+                  val_split: Optional[float] = typer.Option(None, "--val-split", metavar="F", help="As for training: for "
                                                             "data with train/ only."),
-                  rebuild: bool = typer.Option(False, "--rebuild", help="Build it even if it looks current.")):
+                  rebuild: bool = typer.Option(False, "--rebuild", metavar=" ", help="Build it even if it looks current.")):
     """Build the sample index of DATA ahead of a run (e.g. once on a login node, or as an sbatch --setup line)."""
     from launch import data_tools
 

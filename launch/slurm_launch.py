@@ -4,18 +4,52 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 
 from distrib.config import ConfigError, RunConfig, write_run_config
 from distrib.files import write_atomic
 from distrib.paths import RunPaths
-from launch import topology, torchrun
+from launch import console, topology, torchrun
 from launch.run_local import write_launch_record
+from slurm import cluster
 from slurm.sbatch import SbatchJob, activate_line, render_sbatch
 from slurm.submit import SlurmError, submit
 
 
-def job_for(cfg: RunConfig, plan: topology.Plan) -> SbatchJob:
+def partition_for(cfg: RunConfig) -> cluster.Partition | None:
+    """What SLURM says about the job's partition; a job's GPUs come from there, never from the login node.
+    Without --gpus, a partition SLURM cannot describe here is refused in one line."""
+    part = cluster.partition(cfg.partition)
+    where = f"partition {cfg.partition}" if cfg.partition else "the default partition"
+    if part is None and cfg.partition and shutil.which("sinfo"):
+        raise ConfigError(f"--partition {cfg.partition}: SLURM here knows no such partition; see `sinfo -s` for "
+                          "the partitions")
+    if part is None and cfg.gpus is None:
+        raise ConfigError(f"--slurm without --gpus: SLURM cannot be asked here (no sinfo) how many GPUs the nodes "
+                          f"of {where} have; pass --gpus N (GPUs per node; --gpus 0 for CPU processes)")
+    return part
+
+
+def cpus_per_task(cfg: RunConfig, plan: topology.Plan, part: cluster.Partition | None) -> tuple[int | None, str]:
+    """The CPUs each task asks for, and why, in words: --cpus-per-gpu, else the partition's DefCpuPerGPU
+    (SLURM applies it itself), else what a rank and its --workers loader processes need, within a node."""
+    srun_launch = cfg.launcher == "srun"
+    tasks = plan.procs_per_node if srun_launch else 1
+    if cfg.cpus_per_gpu:
+        per_proc, why = cfg.cpus_per_gpu, f"--cpus-per-gpu {cfg.cpus_per_gpu}"
+    elif part and part.def_cpu_per_gpu and plan.device == "cuda":
+        return None, f"{part.def_cpu_per_gpu} CPU cores per GPU (partition {part.name}'s DefCpuPerGPU)"
+    else:
+        per_proc, why = cfg.workers + 1, f"--workers {cfg.workers} + 1 per process"
+    want = per_proc * plan.procs_per_node // tasks
+    per_task = min(want, max(1, part.cpus_per_node // tasks)) if part else want  # no node has more
+    if per_task < want:
+        why = f"all a node of partition {part.name} has; {why} would want {want * tasks}"
+    return per_task, f"{per_task * tasks} CPU cores per node ({why}; --cpus-per-gpu N to change)"
+
+
+def job_for(cfg: RunConfig, plan: topology.Plan, part: cluster.Partition | None = None) -> SbatchJob:
     return SbatchJob(
         run_dir=cfg.run_dir, job_name=f"distrain-{cfg.arch}", nodes=plan.max_nodes,
         gpus_per_node=plan.procs_per_node if plan.device == "cuda" else 0, procs_per_node=plan.procs_per_node,
@@ -24,15 +58,31 @@ def job_for(cfg: RunConfig, plan: topology.Plan) -> SbatchJob:
         node_argv=tuple(torchrun.node_args(plan.procs_per_node, plan.device, cfg.max_restarts, cfg.run_dir)),
         endpoint_argv=tuple(torchrun.endpoint_args()),
         # the torchrun layout's node payload sets these itself, on each node (launch/node.py)
-        env=tuple(torchrun.node_env(plan.device, RunPaths(cfg.run_dir), {}).items()) if cfg.launcher == "srun" else ())
+        env=tuple(torchrun.node_env(plan.device, RunPaths(cfg.run_dir), {}).items()) if cfg.launcher == "srun" else (),
+        cpus_per_task=cpus_per_task(cfg, plan, part)[0], workdir=os.getcwd())
 
 
-def launch(cfg: RunConfig, plan: topology.Plan, typed: list[str], dry_run: bool, out) -> int:
+def summary(cfg: RunConfig, plan: topology.Plan, part: cluster.Partition | None) -> list[str]:
+    """What the job will be, as a local dry run says it (on stderr: the script is alone on stdout)."""
+    gpus = (f"{plan.procs_per_node} GPU(s) per node" + (" (from --gpus)" if cfg.gpus is not None else
+            f" (partition {part.name}: its nodes have {part.gpus_per_node})")) if plan.device == "cuda" else \
+        "no GPUs" + ("" if cfg.gpus is not None else f" (partition {part.name}: its nodes have none)")
+    return [f"world size {plan.world_size}: {plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
+            f"process(es), {gpus}",
+            f"global batch {plan.global_batch} ({cfg.batch_size} per process), lr {plan.lr:g} "
+            f"(= {cfg.lr:g} x {plan.global_batch}/256)",
+            cpus_per_task(cfg, plan, part)[1]]
+
+
+def launch(cfg: RunConfig, plan: topology.Plan, typed: list[str], dry_run: bool, out,
+           part: cluster.Partition | None = None) -> int:
     if plan.min_nodes != plan.max_nodes:
         raise ConfigError(f"--nodes {cfg.nodes}: a SLURM job has a fixed node count; use --nodes {plan.max_nodes}")
     cfg = dataclasses.replace(cfg, run_dir=os.path.abspath(cfg.run_dir))  # the nodes see it from anywhere
-    script = render_sbatch(cfg, job_for(cfg, plan))
+    script = render_sbatch(cfg, job_for(cfg, plan, part))
     if dry_run:
+        for line in summary(cfg, plan, part):
+            console.err.print(f"# {line}", markup=False, highlight=False, soft_wrap=True)
         out.print(script, end="", markup=False, highlight=False, soft_wrap=True)
         return 0
     paths = RunPaths(cfg.run_dir)
@@ -49,8 +99,8 @@ def launch(cfg: RunConfig, plan: topology.Plan, typed: list[str], dry_run: bool,
                                       "procs_per_node": plan.procs_per_node, "script": script_path})
     log = paths.slurm_log(job_id)
     out.print(f"submitted job [bold]{job_id}[/]: {plan.nnodes} node(s) x {plan.procs_per_node} {plan.device} "
-              f"process(es) = world {plan.world_size}, global batch {plan.global_batch}, lr {plan.lr:g}",
-              soft_wrap=True)
+              f"process(es) = world {plan.world_size}, global batch {plan.global_batch}, lr {plan.lr:g}; "
+              f"{cpus_per_task(cfg, plan, part)[1]}", soft_wrap=True)
     out.print(f"  log:         {log}\n  status:      distrain status {cfg.run_dir}\n"
               f"  tensorboard: distrain tensorboard {os.path.dirname(cfg.run_dir)}", soft_wrap=True, markup=False)
     return 0

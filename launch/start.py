@@ -31,7 +31,13 @@ STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command r
 def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     """`typed` is the user's own `distrain launch ...` line: what every node runs, kept in launch.json."""
     cfg.validate()
-    plan = topology.make_plan(cfg, topology.visible_gpus(), topology.allocation_nodes())
+    part = None
+    if cfg.slurm:  # the job's GPUs are the partition's nodes', not this login node's
+        from launch import slurm_launch
+
+        part = slurm_launch.partition_for(cfg)
+    gpus_here = (part.gpus_per_node if part else 0) if cfg.slurm else topology.visible_gpus()
+    plan = topology.make_plan(cfg, gpus_here, topology.allocation_nodes())
     check_precision(cfg, plan.device)
     paths = RunPaths(cfg.run_dir)
     if not dry_run:
@@ -49,7 +55,7 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
     if cfg.slurm:
         from launch import slurm_launch
 
-        return slurm_launch.launch(cfg, plan, typed, dry_run, out)
+        return slurm_launch.launch(cfg, plan, typed, dry_run, out, part)
     if dry_run:
         out.print(describe(plan, cfg, typed), soft_wrap=True, markup=False)
         return 0

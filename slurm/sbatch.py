@@ -41,6 +41,8 @@ class SbatchJob:
     node_argv: tuple[str, ...]   # torchrun layout: what each node runs after the interpreter (launch/node.py)
     endpoint_argv: tuple[str, ...]  # srun layout: after the interpreter, prints the job's rendezvous HOST:PORT
     env: tuple[tuple[str, str], ...] = ()  # what each node's ranks get unless the job's environment has it
+    cpus_per_task: int | None = None  # None: SLURM's own default (e.g. the partition's DefCpuPerGPU)
+    workdir: str | None = None   # where it was submitted from: the job runs there, whoever resubmits it
 
 
 def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
@@ -99,8 +101,10 @@ def _directives(cfg: RunConfig, job: SbatchJob, srun_launch: bool) -> list[str]:
     if job.gpus_per_node:
         out.append(f"--gpus-per-node={job.gpus_per_node}" if cfg.gpu_directive == "gpus-per-node"
                    else f"--gres=gpu:{job.gpus_per_node}")
-    if cfg.cpus_per_gpu:
-        out.append(f"--cpus-per-task={cfg.cpus_per_gpu * (1 if srun_launch else procs)}")
+    if job.workdir:
+        out.append(f"--chdir={_sbatch_word(job.workdir)}")
+    if job.cpus_per_task:
+        out.append(f"--cpus-per-task={job.cpus_per_task}")
     for name in ("mem", "time", "partition", "account", "qos"):
         if getattr(cfg, name) is not None:
             out.append(f"--{name}={_sbatch_word(getattr(cfg, name))}")

@@ -155,3 +155,87 @@ def test_ctrl_c_twice_stops_at_once_as_a_stop_and_the_same_command_resumes(downl
     finally:
         os.killpg(resumed.pid, signal.SIGKILL)
         resumed.wait()
+
+
+COMMANDS = ["", "launch", "train", "eval", "check", "bench", "status", "predict", "export", "pack", "index",
+            "recipes", "tensorboard"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_is_true_and_whole_at_80_columns(command):
+    proc = distrain(*([command] if command else []), "--help", env={"COLUMNS": "80"})
+    assert_ok(proc)
+    assert "…" not in proc.stdout, proc.stdout  # no cell cut short
+    assert all(len(line) <= 80 for line in proc.stdout.splitlines())
+    assert not any(t in proc.stdout for t in ("<str>", "<int>", "<float>")), proc.stdout  # a word says what goes there
+    if command in ("eval", "predict"):
+        assert "[default: 224]" not in proc.stdout and "the checkpoint's" in proc.stdout
+        assert "holding train/ and val/" not in proc.stdout
+    if command == "export":
+        assert "safetensors, onnx, torch-export" in proc.stdout
+
+
+def test_negative_switches_work_though_help_lists_them_in_words(tmp_path, downloaded):
+    proc = distrain("launch", "--gpus", "0", "--data", downloaded, "--val-split", "0.2", "--no-decay-norm-bias",
+                    "--no-channels-last", "--dry-run", "--run-dir", tmp_path / "r")
+    assert_ok(proc)
+    assert "--no-channels-last --no-decay-norm-bias" in proc.stdout
+
+
+def test_config_toml_holds_absolute_paths_and_runs_from_any_folder(downloaded, tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    os.symlink(downloaded, here / "photos")
+    first = distrain("launch", *SMALL, "--data", "photos", "--val-split", "0.2", "--epochs", "1",
+                     "--steps-per-epoch", "2", "--run-dir", "runs/r", cwd=here)
+    assert_ok(first)
+    config = (here / "runs" / "r" / "config.toml").read_text()
+    assert f'data = "{here / "photos"}"' in config and f'run_dir = "{here / "runs" / "r"}"' in config
+    again = distrain("launch", "--config", here / "runs" / "r" / "config.toml", cwd=elsewhere)
+    assert_ok(again)
+    assert "run complete" in again.stdout  # the same run, found from another folder
+    more = distrain("launch", "--config", here / "runs" / "r" / "config.toml", "--epochs", "2", cwd=elsewhere)
+    assert_ok(more)
+    assert "resuming at the end of epoch 1" in more.stdout
+    assert not (elsewhere / "runs").exists()
+
+
+def _no_sinfo_path(tmp_path) -> str:
+    """A PATH with the interpreter and a shell but no SLURM commands: a machine that cannot ask SLURM."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("bash", "sh", "env"):
+        os.symlink(subprocess.run(["which", name], capture_output=True, text=True).stdout.strip(), bin_dir / name)
+    os.symlink(sys.executable, bin_dir / "python")
+    return str(bin_dir)
+
+
+def test_slurm_without_gpus_where_slurm_cannot_be_asked_is_refused(downloaded, tmp_path):
+    proc = distrain("launch", "--slurm", "--data", downloaded, "--val-split", "0.2", "--dry-run",
+                    env={"PATH": _no_sinfo_path(tmp_path)})
+    line = one_line_error(proc)
+    assert "--slurm without --gpus" in line and "pass --gpus N" in line
+
+
+@pytest.mark.slurm
+def test_slurm_dry_run_takes_the_topology_from_the_partition_and_asks_for_cpus(downloaded, tmp_path):
+    from slurm_cluster import cluster_available
+
+    if not cluster_available():
+        pytest.skip("no SLURM cluster (bash tests/slurm/cluster.sh up)")
+    proc = distrain("launch", "--slurm", "--data", downloaded, "--val-split", "0.2", "--workers", "3",
+                    "--dry-run", "--run-dir", tmp_path / "r", cwd=tmp_path)
+    assert_ok(proc)
+    assert proc.stdout.startswith("#!/bin/bash\n")  # the script alone on stdout, the summary on stderr
+    assert "# world size 1: 1 node(s) x 1 cpu process(es), no GPUs (partition debug: its nodes have none)" \
+        in proc.stderr
+    assert "# 2 CPU cores per node (all a node of partition debug has; --workers 3 + 1 per process would want 4" \
+        in proc.stderr
+    assert "#SBATCH --cpus-per-task=2\n" in proc.stdout and f"#SBATCH --chdir={tmp_path}\n" in proc.stdout
+    gpus = distrain("launch", "--slurm", "--gpus", "4", "--data", downloaded, "--val-split", "0.2", "--dry-run",
+                    "--run-dir", tmp_path / "r", cwd=tmp_path)
+    assert "4 GPU(s) per node (from --gpus)" in gpus.stderr and "--gpus-per-node=4" in gpus.stdout
+    wrong = distrain("launch", "--slurm", "--partition", "nope", "--data", downloaded, "--val-split", "0.2",
+                     "--dry-run", cwd=tmp_path)
+    assert "SLURM here knows no such partition" in one_line_error(wrong)

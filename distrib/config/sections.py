@@ -78,7 +78,7 @@ class DataOptions:
     val_crop_size: int | None = opt(None, TRAINING, "Validation: centre crop size (default: --image-size).", min=1)
     workers: int = opt(4, TRAINING, "Data-loading processes per training process.", min=0)
     decode: str = opt("workers", TRAINING, "Where JPEGs are decoded: workers (CPU processes) or device "
-                      "(torchvision.io.decode_jpeg on the training device, in batches; for input-bound GPU "
+                      "(torchvision's decode_jpeg on the training device, in batches; for input-bound GPU "
                       "nodes).", choices=("workers", "device"))
 
 
@@ -88,7 +88,7 @@ class ModelOptions:
     arch: str = opt("resnet50", TRAINING, "Any torchvision classification model name.")
     pretrained: bool = opt(False, TRAINING, "Start from torchvision's default weights.")
     weights: str | None = opt(None, TRAINING, "Start from a local weights file: a state_dict (bare, or under "
-                              "state_dict/model/model_state_dict; module. or _orig_mod. prefixes), .safetensors, a "
+                              "state_dict, model or model_state_dict; module. or _orig_mod. prefixes), .safetensors, a "
                               "distrain checkpoint or export. The classifier is replaced if the class count differs.")
     freeze_backbone: bool = opt(False, TRAINING, "Train only the classifier; the rest (BatchNorm statistics "
                                 "included) stays exactly as loaded.")
