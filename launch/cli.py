@@ -11,15 +11,7 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from distrib.config import (
-    RUNTIME,
-    SLURM,
-    TOPOLOGY,
-    TRAINING,
-    ConfigError,
-    RunConfig,
-    resolve,
-)
+from distrib.config import RUNTIME, SLURM, TOPOLOGY, TRAINING, ConfigError, RunConfig, resolve
 from launch import archs
 from launch.console import err, error, out, warn
 from launch.options import command_line, run_options
@@ -235,9 +227,7 @@ def bench(cli: dict,
     if "workers" not in cli:
         cfg["workers"] = None  # bench's default: capped by the cores
     archs.check_arch(cfg["arch"], None if loader_only else cfg["image_size"])
-    from distrib.tools import (
-        bench as b,  # torch-free until it measures: b.run checks its arguments first
-    )
+    from distrib.tools import bench as b  # torch-free until it measures: b.run checks its arguments first
 
     result = b.run(loader_only=loader_only, steps=steps, seconds=seconds, **cfg,
                    say=lambda line: err.print(line, markup=False, highlight=False, soft_wrap=True))

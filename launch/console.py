@@ -29,13 +29,7 @@ def warn(message: str) -> None:
 def progress(console: Console | None, label: str):
     """progress(done, total) for a long scan: a live bar with ETA on a terminal, else a line every 10 s."""
     if console is not None and console.is_terminal:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, transient=True) as bar:

@@ -21,9 +21,7 @@ DOWNLOAD_TIMEOUT_S = 30  # a firewall that drops packets must not hang the launc
 def ensure_cached(arch: str, download: bool = True) -> str:
     """Where the weights are (a line for `distrain check`); fetched first if missing and `download`.
     ConfigError, naming the file, its URL and the cache path, when they are missing and cannot be fetched."""
-    from distrib.weights import (
-        pretrained_file,  # torch and torchvision: only with --pretrained
-    )
+    from distrib.weights import pretrained_file  # torch and torchvision: only with --pretrained
 
     url, path = pretrained_file(arch)
     if os.path.isfile(path):

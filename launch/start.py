@@ -13,16 +13,7 @@ from distrib.paths import RunPaths
 from distrib.runtime import hangs
 from distrib.runtime.failure import clear as clear_failures
 from distrib.words import position_words
-from launch import (
-    console,
-    eval_target,
-    network,
-    preflight,
-    run_dir,
-    status,
-    topology,
-    torchrun,
-)
+from launch import console, eval_target, network, preflight, run_dir, status, topology, torchrun
 from launch.run_local import rank_failure, run, write_launch_record
 
 STOPPED_EXIT = 3  # stopped on request before the last epoch; the same command resumes

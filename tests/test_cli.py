@@ -9,13 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from distrib.config import (
-    ConfigError,
-    RunConfig,
-    read_run_config,
-    resolve,
-    write_run_config,
-)
+from distrib.config import ConfigError, RunConfig, read_run_config, resolve, write_run_config
 from launch.cli import app
 
 GOLDEN = Path(__file__).parent / "golden"

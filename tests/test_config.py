@@ -10,14 +10,7 @@ import sys
 import pytest
 from conftest import distrain
 
-from distrib.config import (
-    SECTIONS,
-    ConfigError,
-    RunConfig,
-    read_run_config,
-    resolve,
-    write_run_config,
-)
+from distrib.config import SECTIONS, ConfigError, RunConfig, read_run_config, resolve, write_run_config
 
 
 def one_error_line(proc) -> str:

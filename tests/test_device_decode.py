@@ -14,12 +14,7 @@ from PIL import Image
 from distrib.config import RunConfig
 from distrib.data import images
 from distrib.data.datasets import FolderDataset, sample_rng
-from distrib.data.device_decode import (
-    CollateEncoded,
-    Encoded,
-    EncodedDataset,
-    decode_batch,
-)
+from distrib.data.device_decode import CollateEncoded, Encoded, EncodedDataset, decode_batch
 from distrib.data.loaders import build_loaders, to_device
 from distrib.runtime.env import DistEnv
 

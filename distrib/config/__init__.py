@@ -12,33 +12,10 @@ declared exactly once. This package never imports torch.
 """
 
 from distrib.config import recipes
-from distrib.config.fields import (
-    RUNTIME,
-    SLURM,
-    TOPOLOGY,
-    TRAINING,
-    ConfigError,
-    time_limit_seconds,
-)
-from distrib.config.run_config import (
-    NOT_TRAINING_MATH,
-    SECTIONS,
-    RunConfig,
-    field_types,
-    option_fields,
-)
-from distrib.config.sections import (
-    DataOptions,
-    ModelOptions,
-    OptimOptions,
-    RecipeOptions,
-    RunOptions,
-    SlurmOptions,
-    TopologyOptions,
-)
+from distrib.config.fields import RUNTIME, SLURM, TOPOLOGY, TRAINING, ConfigError, time_limit_seconds
+from distrib.config.run_config import NOT_TRAINING_MATH, SECTIONS, RunConfig, field_types, option_fields
 from distrib.config.toml_io import load_toml, read_run_config, resolve, write_run_config
 
 __all__ = ["NOT_TRAINING_MATH", "RUNTIME", "SECTIONS", "SLURM", "TOPOLOGY", "TRAINING",
-           "ConfigError", "DataOptions", "ModelOptions", "OptimOptions", "RecipeOptions", "RunConfig", "RunOptions",
-           "SlurmOptions", "TopologyOptions", "field_types", "load_toml", "option_fields", "read_run_config",
+           "ConfigError", "RunConfig", "field_types", "load_toml", "option_fields", "read_run_config",
            "recipes", "resolve", "time_limit_seconds", "write_run_config"]

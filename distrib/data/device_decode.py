@@ -40,20 +40,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from distrib.config import RunConfig
-from distrib.data.datasets import (
-    PREFETCH_FACTOR,
-    Batch,
-    ImageDataset,
-    Skipped,
-    sample_rng,
-)
-from distrib.data.image_files import (
-    Box,
-    exif_orientation,
-    open_image,
-    rrc_box,
-    skip_reason,
-)
+from distrib.data.datasets import PREFETCH_FACTOR, Batch, ImageDataset, Skipped, sample_rng
+from distrib.data.image_files import Box, exif_orientation, open_image, rrc_box, skip_reason
 from distrib.data.images import load_train
 from distrib.data.workers import loader_options
 from distrib.recipe import augment

@@ -19,9 +19,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
-from distrib.preprocess import (
-    VAL_CROP_FRACTION,  # resize to crop / 0.875 (256 for 224), then centre crop
-)
+from distrib.preprocess import VAL_CROP_FRACTION  # resize to crop / 0.875 (256 for 224), then centre crop
 
 SCALE = (0.08, 1.0)  # RandomResizedCrop's defaults
 RATIO = (3 / 4, 4 / 3)

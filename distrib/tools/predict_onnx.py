@@ -14,14 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from distrib.config import ConfigError
-from distrib.data.image_files import (
-    _to_rgb,
-    exif_orientation,
-    open_image,
-    skip_reason,
-    upright_size,
-    val_geometry,
-)
+from distrib.data.image_files import _to_rgb, exif_orientation, open_image, skip_reason, upright_size, val_geometry
 from distrib.export_format import read_model_json
 from distrib.preprocess import Preprocessing
 from distrib.tools import predict_io
