@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 from distrib.config import RunConfig
@@ -13,7 +12,7 @@ def pack(data: str, output: str, shard_size: str, procs: int, out) -> int:
     from distrib.data import pack as packer
     from launch.console import progress as live_progress
 
-    layout.splits(data, 1.0 if not os.path.isdir(os.path.join(data, "val")) else None)  # one-line errors first
+    layout.splits(data, layout.tool_val_split(data, None))  # one-line errors first
     shard_bytes = packer.parse_size(shard_size)
     start = time.monotonic()
     with live_progress(out, f"packing {data} ({procs} processes)") as progress:
@@ -27,7 +26,9 @@ def pack(data: str, output: str, shard_size: str, procs: int, out) -> int:
 
 def index(data: str, val_split: float | None, rebuild: bool, out) -> int:
     from distrib.data import index as sample_index
+    from distrib.data.layout import tool_val_split
 
+    val_split = tool_val_split(data, val_split)
     RunConfig(data=data, val_split=val_split).validate()
     start = time.monotonic()
     idx = sample_index.ensure(data, val_split, rebuild=rebuild)

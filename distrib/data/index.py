@@ -41,7 +41,7 @@ from distrib.data import layout
 from distrib.files import atomic_file, read_json, write_atomic
 
 VERSION = 1
-INDEX_DIR = ".distrain-index"
+INDEX_DIR = layout.INDEX_FOLDER
 META = "meta.json"
 BUILDS_LOG = "builds.log"  # one line per build: who built it and how long it took
 

@@ -12,6 +12,7 @@ import os
 
 from distrib.config import ConfigError
 
+INDEX_FOLDER = ".distrain-index"  # the sample index beside the data (distrib/data/index.py)
 SYNTHETIC_CLASSES = [f"class{i}" for i in range(10)]  # --synthetic: the classes of its random images
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, repeated here so this module needs no torch.
@@ -33,8 +34,10 @@ def find_class_dirs(split_dir: str) -> list[str]:
 
 
 def hidden_dirs(split_dir: str) -> list[str]:
-    """The hidden folders of a split that find_class_dirs leaves out (`distrain check` names them)."""
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and is_hidden(e.name))
+    """The hidden folders of a split that find_class_dirs leaves out (`distrain check` names them), less
+    distrain's own sample index."""
+    return sorted(e.name for e in os.scandir(split_dir)
+                  if e.is_dir() and is_hidden(e.name) and e.name != INDEX_FOLDER)
 
 
 def is_class_root(root: str) -> bool:
@@ -46,6 +49,15 @@ def split_dir(root: str, split: str) -> str:
     """The folder holding a split's class folders: DATA/train, DATA/val, or DATA itself for class folders
     at the root (its only split is train, validated with --val-split)."""
     return root if split == "train" and is_class_root(root) else os.path.join(root, split)
+
+
+def tool_val_split(root: str | None, val_split: float | None) -> float | None:
+    """The --val-split for a tool that reads every image of DATA (pack, index, bench): as given, else a
+    stand-in for a layout without val/ (train/ alone, class folders at the root), whose split is drawn
+    only when a run trains on it."""
+    if val_split or not root or not os.path.isdir(root) or os.path.isdir(os.path.join(root, "val")):
+        return val_split
+    return 0.1
 
 
 def splits(root: str, val_split: float | None) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from multiprocessing import get_context
 import numpy as np
 
 from distrib.config import ConfigError
-from distrib.data import index
+from distrib.data import index, layout
 from distrib.data.shards import ARRAYS, INDEX, MANIFEST, image_ext, member_key
 from distrib.files import read_json, write_atomic
 
@@ -100,8 +100,7 @@ def pack(root: str, out: str, shard_bytes: int = DEFAULT_SHARD_BYTES, procs: int
     """Write OUT from DATA; progress(samples done, samples total) after each shard. Returns the manifest."""
     if os.path.realpath(out) == os.path.realpath(root):
         raise ConfigError("pack OUT must be another folder than DATA; give a new folder")
-    has_val = os.path.isdir(os.path.join(root, "val"))
-    idx = index.ensure(root, None if has_val else 1.0)  # train alone is fine here: --val-split comes later
+    idx = index.ensure(root, layout.tool_val_split(root, None))  # train alone is fine: --val-split comes later
     jobs, layouts = [], {}
     for split in idx.splits:
         source = idx.split(split)

@@ -27,6 +27,7 @@ import time
 
 from distrib.config import ConfigError, RunConfig
 from distrib.data import formats
+from distrib.data.layout import tool_val_split
 from distrib.runtime.env import DistEnv, cpu_cores
 from distrib.tools.bench_loader import Ticker, endless, measure_window
 
@@ -52,7 +53,8 @@ def run(data: str | None, synthetic: bool, loader_only: bool, arch: str, image_s
     _check_args(data, synthetic, loader_only, steps, seconds)
     # --synthetic asks for the model step alone (even with --data); --loader-only for the files alone.
     mode = "loader" if loader_only else "synthetic" if synthetic else "both"
-    cfg = RunConfig(data=data, synthetic=mode == "synthetic", arch=arch, image_size=image_size,
+    cfg = RunConfig(data=data, val_split=tool_val_split(data, None) if mode != "synthetic" else None,
+                    synthetic=mode == "synthetic", arch=arch, image_size=image_size,
                     batch_size=batch_size, workers=workers, amp=amp, channels_last=channels_last, compile=compile,
                     decode=decode, device=device).validate()
     if mode != "synthetic":
