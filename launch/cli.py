@@ -5,6 +5,7 @@ Never imports torch at import time: `distrain --help` and `distrain launch --dry
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -78,6 +79,55 @@ def launch(cli: dict, config: Optional[Path] = CONFIG_OPTION,
 
     cfg = build_config(cli, config)
     code = start.launch(cfg, command_line("launch", cli, config), dry_run=dry_run, out=out, warn=warn)
+    raise typer.Exit(code)
+
+
+def parse_launch(argv: list[str]) -> tuple[RunConfig, list[str]]:
+    """`distrain launch ARGV` as the launch command itself reads it: (the config, the typed command line)."""
+    from launch.options import typed_options
+
+    command = typer.main.get_command(app).get_command(None, "launch")
+    try:
+        ctx = command.make_context("launch", list(argv))
+    except Exception as e:  # click's usage errors (typer vendors its own click): one line, exit 2
+        if not hasattr(e, "format_message"):
+            raise
+        raise ConfigError(f"{e.format_message()}; in the point `distrain launch {shlex.join(argv)}`") from None
+    cli = typed_options(ctx, ctx.params)
+    config = ctx.params.get("config")
+    return build_config(cli, config), command_line("launch", cli, config)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog="[bold]Examples[/]\n\n"
+             "  distrain sweep --gpus 0 --data data/digits --arch resnet18 --lr 0.05,0.1 --seed 0,1 --epochs 4\n\n"
+             "  distrain sweep --slurm --gpus 4 --data /data/d --lr loguniform:1e-3:1e-1 --sample 8 "
+             "--max-parallel 2")
+def sweep(ctx: typer.Context,
+          sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", metavar="DIR", help="The sweep's folder "
+                                                   "(default sweeps/<arch>-<hash of the options>: the same "
+                                                   "command finds the same sweep)."),
+          sample: Optional[int] = typer.Option(None, "--sample", metavar="N", min=1, help="N random points "
+                                               "instead of the grid (ranges: loguniform:LO:HI, uniform:LO:HI, "
+                                               "int:LO:HI)."),
+          max_points: int = typer.Option(64, "--max-points", metavar="N", help="Refuse a sweep of more points."),
+          parallel: int = typer.Option(1, "--parallel", metavar="N", min=1, help="Without --slurm: points "
+                                       "at once on this node (its GPUs split between them)."),
+          max_parallel: Optional[int] = typer.Option(None, "--max-parallel", metavar="P", min=1, help="With "
+                                                     "--slurm: array tasks running at once (%P)."),
+          dry_run: bool = typer.Option(False, "--dry-run", metavar=" ", help="Print the points and what would "
+                                       "run (the array script with --slurm); start nothing.")):
+    """A grid of runs (any training option as a comma list, e.g. --lr 0.05,0.1 --seed 0,1), one run dir each in
+    one sweep dir; with --slurm one job array. The same command again starts only what is not complete."""
+    from launch import sweep as sw
+
+    fixed, axes, ranges = sw.split_args(ctx.args)
+    chosen = sw.points_of(axes, ranges, sample, 0, max_points)
+    folder = str(sweep_dir) if sweep_dir else sw.default_dir(fixed, axes, ranges, sample)
+    points = sw.plan_points(fixed, chosen, folder)
+    parsed = [parse_launch(sw.point_argv(fixed, p)) for p in points]
+    code = sw.start(points, [c for c, _ in parsed], [t for _, t in parsed], folder, fixed, parallel, max_parallel,
+                    dry_run, out)
     raise typer.Exit(code)
 
 
@@ -279,10 +329,14 @@ def recipes(name: Optional[str] = typer.Argument(None, help="One recipe (default
 
 
 @app.command()
-def status(run_dir: Path = typer.Argument(..., help="Run directory.")):
-    """Job state, last finished epoch, best accuracy and the log's tail of a run."""
+def status(run_dir: Path = typer.Argument(..., help="Run directory, or a sweep's folder.")):
+    """Job state, last finished epoch, best accuracy and the log's tail of a run; a table for a sweep."""
     from launch import status as run_status
+    from launch import sweep as sw
 
+    if sw.is_sweep(str(run_dir)):
+        sw.show(str(run_dir), out)
+        return
     run_status.show(run_dir, out=out)
 
 

@@ -33,7 +33,7 @@ TYPE_METAVARS = {int: "N", float: "F", str: "TEXT"}
 SHORT_CHOICES = 14  # longer choice lists go into the help text, not the type column
 
 
-def _is_switch(hint) -> bool:
+def is_switch(hint) -> bool:
     return hint is bool or (typing.get_origin(hint) in (typing.Union, types.UnionType)
                             and set(typing.get_args(hint)) == {bool, type(None)})
 
@@ -47,7 +47,7 @@ def _typer_option(f: dataclasses.Field, override: dict | None = None) -> tuple[o
     default = f.default
     decls = [flag]
     kwargs = dict(help=meta["help"], rich_help_panel=meta["group"])
-    if _is_switch(hint) and default is not False:  # on (or auto) by default: --no-X turns it off (negative_option)
+    if is_switch(hint) and default is not False:  # on (or auto) by default: --no-X turns it off (negative_option)
         kwargs["help"] += f" --no-{flag[2:]}: off."
         kwargs["show_default"] = False
     if override and override.get("hide_default"):
@@ -60,7 +60,7 @@ def _typer_option(f: dataclasses.Field, override: dict | None = None) -> tuple[o
         else:
             kwargs["metavar"] = "NAME"
             kwargs["help"] += f" One of: {', '.join(meta['choices'])}."
-    elif not _is_switch(hint):
+    elif not is_switch(hint):
         base = next((t for t in typing.get_args(hint) or (hint,) if t in TYPE_METAVARS), str)
         kwargs["metavar"] = METAVARS.get(f.name, TYPE_METAVARS.get(base, "TEXT"))
     else:
@@ -74,11 +74,20 @@ def negative_option(f: dataclasses.Field) -> tuple[str, inspect.Parameter] | Non
     """For a switch that is on (or auto) by default, its --no-X flag as a parameter of its own, hidden from
     --help (the help of --X names it): the help table keeps no column for negatives, so it stays readable
     at 80 columns."""
-    if not _is_switch(_field_types()[f.name]) or f.default is False:
+    if not is_switch(_field_types()[f.name]) or f.default is False:
         return None
     name = f"no_{f.name}"
     option = typer.Option(False, f"--no-{f.name.replace('_', '-')}", hidden=True)
     return name, inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool)
+
+
+def typed_options(ctx, params: dict, names=None, negatives=None) -> dict:
+    """The RunConfig options the user typed ({name: value}), --no-X as X = False: what resolve() merges over
+    --config and the defaults. names/negatives: the command's option fields and its no_X parameters."""
+    names = names if names is not None else {f.name for f in option_fields()}
+    negatives = negatives if negatives is not None else {f"no_{n}": n for n in names}
+    cli = {k: v for k, v in params.items() if k in names and _typed(ctx, k)}
+    return cli | {field: False for negative, field in negatives.items() if params.get(negative)}
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:
@@ -113,9 +122,8 @@ def run_options(*groups: str, skip: tuple[str, ...] = (), overrides: dict | None
 
         @functools.wraps(command)
         def wrapper(ctx: typer.Context, **kwargs):
-            cli = {k: v for k, v in kwargs.items() if k in names and _typed(ctx, k)}
-            cli |= {field: False for negative, field in negatives.items() if kwargs.pop(negative)}
-            return command(cli=cli, **{k: v for k, v in kwargs.items() if k not in names})
+            cli = typed_options(ctx, kwargs, names, negatives)
+            return command(cli=cli, **{k: v for k, v in kwargs.items() if k not in names and k not in negatives})
 
         wrapper.__signature__ = inspect.Signature(params)
         wrapper.__annotations__ = annotations

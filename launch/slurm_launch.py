@@ -104,3 +104,61 @@ def launch(cfg: RunConfig, plan: topology.Plan, typed: list[str], dry_run: bool,
     out.print(f"  log:         {log}\n  status:      distrain status {cfg.run_dir}\n"
               f"  tensorboard: distrain tensorboard {os.path.dirname(cfg.run_dir)}", soft_wrap=True, markup=False)
     return 0
+
+
+def array_spec(indices: list[int], parallel: int | None) -> str:
+    """'0-3%2', '1,3': runs of consecutive indices joined, then the throttle."""
+    runs, start = [], None
+    for i, n in enumerate(indices):
+        if start is None:
+            start = n
+        if i + 1 == len(indices) or indices[i + 1] != n + 1:
+            runs.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ",".join(runs) + (f"%{parallel}" if parallel else "")
+
+
+def submit_sweep(cfgs: list[RunConfig], todo: list[int], sweep_dir: str, typed: list[list[str]], plan: topology.Plan,
+                 part: cluster.Partition | None, parallel: int | None, dry_run: bool, out) -> int:
+    """The points `todo` (indices into cfgs) as one SLURM job array, or as several when the cluster's
+    MaxArraySize is below the highest index (each array then covers a window of the points). Every run dir
+    and log folder exists before sbatch runs; each point also gets its own job.sbatch, to resubmit alone."""
+    from slurm.submit import max_array_size
+
+    if plan.min_nodes != plan.max_nodes:
+        raise ConfigError(f"--nodes {cfgs[0].nodes}: a SLURM job has a fixed node count; use --nodes {plan.max_nodes}")
+    cfgs = [dataclasses.replace(c, run_dir=os.path.abspath(c.run_dir)) for c in cfgs]
+    logs = os.path.join(os.path.abspath(sweep_dir), "logs")
+    window = max_array_size() if not dry_run else max(len(cfgs), 1)
+    template = dataclasses.replace(cfgs[0], run_dir="$RUN_DIR")
+    for chunk in range(0, len(cfgs), window):
+        mine = [i for i in todo if chunk <= i < chunk + window]
+        if not mine:
+            continue
+        job = dataclasses.replace(job_for(template, plan, part), array_dirs=tuple(c.run_dir for c in
+                                  cfgs[chunk:chunk + window]), array_spec=array_spec([i - chunk for i in mine],
+                                  parallel), log_dir=logs)
+        script = render_sbatch(template, job)
+        if dry_run:
+            out.print(script, end="", markup=False, highlight=False, soft_wrap=True)
+            continue
+        os.makedirs(logs, exist_ok=True)  # slurmd opens --output before the script: SLURM < 23.02 fails silently
+        for i in mine:
+            paths = RunPaths(cfgs[i].run_dir)
+            os.makedirs(paths.logs, exist_ok=True)
+            write_run_config(cfgs[i], paths.config)
+            write_atomic(paths.sbatch, render_sbatch(cfgs[i], job_for(cfgs[i], plan, part)))
+        script_path = os.path.join(os.path.abspath(sweep_dir), f"job-{chunk // window}.sbatch")
+        write_atomic(script_path, script)
+        try:
+            job_id = submit(script_path)
+        except SlurmError as e:
+            raise ConfigError(str(e)) from None
+        for i in mine:
+            write_launch_record(cfgs[i].run_dir, {"distrain": typed[i], "mode": "slurm-array",
+                                                  "job_id": f"{job_id}_{i - chunk}", "array_job": job_id,
+                                                  "world_size": plan.world_size, "script": script_path})
+        out.print(f"submitted array job [bold]{job_id}[/]: points {array_spec(mine, None)} "
+                  f"({len(mine)} task(s){f', {parallel} at once' if parallel else ''}); logs {logs}/slurm-"
+                  f"{job_id}_N.out", soft_wrap=True)
+    return 0

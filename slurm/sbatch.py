@@ -43,6 +43,9 @@ class SbatchJob:
     env: tuple[tuple[str, str], ...] = ()  # what each node's ranks get unless the job's environment has it
     cpus_per_task: int | None = None  # None: SLURM's own default (e.g. the partition's DefCpuPerGPU)
     workdir: str | None = None   # where it was submitted from: the job runs there, whoever resubmits it
+    array_dirs: tuple[str, ...] = ()  # a job array (distrain sweep): task i runs the run in array_dirs[i]
+    array_spec: str | None = None     # which tasks, and how many at once: "0-3%2", "1,3"
+    log_dir: str | None = None        # an array's logs (slurm-ARRAYJOB_TASK.out); else RUN_DIR/logs
 
 
 def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
@@ -54,12 +57,14 @@ def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
     lines = ["#!/bin/bash"] + [f"#SBATCH {opt}" for opt in _directives(cfg, job, srun_launch)]
     lines += [
         "",
-        "# Written by `distrain launch --slurm`: "
+        ("# Written by `distrain sweep --slurm`: array task i runs the point in RUN_DIRS[i]; "
+         if job.array_dirs else "# Written by `distrain launch --slurm`: ")
         + ("srun starts every rank." if srun_launch else "one torchrun agent per node."),
         "# B:USR1 before the time limit (or SIGTERM) makes the ranks checkpoint and stop; then the job requeues.",
         "set -euo pipefail",
         "",
-        f"RUN_DIR={shlex.quote(job.run_dir)}",
+        *([f"RUN_DIRS=({_words(job.array_dirs)})", 'RUN_DIR="${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"']
+          if job.array_dirs else [f"RUN_DIR={shlex.quote(job.run_dir)}"]),
         f"PYTHON={shlex.quote(job.python)}",
         f"RANK_ARGV=({_words(job.rank_argv)})" if srun_launch else f"NODE_ARGV=({_words(job.node_argv)})",
         f"MAX_REQUEUES={int(cfg.max_requeues)}",
@@ -110,8 +115,11 @@ def _directives(cfg: RunConfig, job: SbatchJob, srun_launch: bool) -> list[str]:
             out.append(f"--{name}={_sbatch_word(getattr(cfg, name))}")
     if cfg.exclusive:
         out.append("--exclusive")
+    if job.array_spec:
+        out.append(f"--array={job.array_spec}")
     # % starts a filename pattern in --output; %% is a literal %
-    log = job.run_dir.replace("%", "%%").rstrip("/") + "/logs/slurm-%j.out"
+    log = ((job.log_dir or "").replace("%", "%%").rstrip("/") + "/slurm-%A_%a.out" if job.array_dirs else
+           job.run_dir.replace("%", "%%").rstrip("/") + "/logs/slurm-%j.out")
     out += [f"--output={_sbatch_word(log)}", "--open-mode=append", "--requeue",
             f"--signal=B:USR1@{int(cfg.signal_seconds)}"]
     return out + [_sbatch_word(a) for a in cfg.sbatch_arg]
@@ -137,7 +145,8 @@ def _endpoint(endpoint_argv: tuple[str, ...]) -> list[str]:
 
 
 def _words(argv: tuple[str, ...]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
+    """Shell words; one that starts with $RUN_DIR (an array task's run dir) is expanded, in double quotes."""
+    return " ".join(f'"{a}"' if a.startswith("$RUN_DIR") else shlex.quote(a) for a in argv)
 
 
 def _srun_ranks(procs: int) -> list[str]:

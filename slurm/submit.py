@@ -61,3 +61,12 @@ def _ask(argv: list[str]) -> str:
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return ""
     return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (an array index must be below it); SLURM's default 1001 when unknown."""
+    for line in _ask(["scontrol", "show", "config"]).splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip())
+    return 1001
