@@ -1,0 +1,136 @@
+"""`distrain sweep`: the grid, its bad input, a local sweep with --parallel, and one job array on the real
+two-node SLURM cluster (preempt one task, resubmit only what is not complete)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY, assert_ok, distrain, metrics
+from slurm_cluster import cluster_available, release_if_pending
+
+from slurm.submit import job_state
+
+FAST = [*TINY, "--epochs", "1", "--steps-per-epoch", "2"]
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.all, proc.all
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.all
+    return lines[0]
+
+
+def test_a_grid_dry_run_names_every_point_and_writes_nothing(imagefolder, tmp_path):
+    proc = distrain("sweep", "--gpus", "0", "--data", imagefolder, *FAST, "--lr", "0.05,0.1", "--seed", "0,1",
+                    "--sweep-dir", tmp_path / "s", "--dry-run")
+    assert_ok(proc)
+    assert "4 points over --lr, --seed" in proc.stderr
+    runs = re.findall(r"--run-dir (\S+)", proc.stdout)
+    assert [Path(r).name for r in runs] == ["lr0.05-seed0", "lr0.05-seed1", "lr0.1-seed0", "lr0.1-seed1"]
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_array_script_has_one_task_per_point(imagefolder, tmp_path):
+    proc = distrain("sweep", "--slurm", "--gpus", "0", "--data", imagefolder, *FAST, "--lr", "0.05,0.1",
+                    "--seed", "0,1", "--max-parallel", "2", "--sweep-dir", tmp_path / "s", "--dry-run",
+                    env={"PATH": os.environ["PATH"]})
+    assert_ok(proc)
+    script = proc.stdout
+    assert "#SBATCH --array=0-3%2\n" in script and "/logs/slurm-%A_%a.out" in script
+    assert 'RUN_DIR="${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"' in script and '"$RUN_DIR")' in script
+    assert script.count(str(tmp_path / "s" / "lr0.1-seed1")) == 1
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--gpus", "0", "--procs", "1,2", "--lr", "0.1,0.2"], "--procs cannot vary inside one sweep"),
+    (["--gpus", "0", "--lr", "loguniform:1e-3:1e-1"], "a range needs --sample N"),
+    (["--gpus", "0", "--lr", "loguniform:1e-1:1e-3", "--sample", "2"], "an empty range"),
+    (["--gpus", "0", "--lr", "0.1,0.2", "--seed", "0,1,2", "--max-points", "4"], "more than --max-points 4"),
+    (["--gpus", "0", "--lr", "0.1"], "needs at least one option with several values"),
+    (["--gpus", "0", "--lr", "0.1,x"], "Invalid value for '--lr'"),
+    (["--gpus", "0", "--lr", "0.1,0.2", "--not-an-option", "3"], "No such option"),
+])
+def test_bad_sweeps_are_one_line(imagefolder, args, expected):
+    assert expected in one_line_error(distrain("sweep", "--data", imagefolder, *args, "--dry-run"))
+
+
+def test_a_local_sweep_runs_two_at_once_and_the_same_command_starts_nothing_more(imagefolder, tmp_path):
+    args = ["sweep", "--gpus", "0", "--data", imagefolder, *FAST, "--lr", "0.05,0.2", "--seed", "0,1",
+            "--parallel", "2", "--sweep-dir", tmp_path / "s"]
+    proc = distrain(*args, timeout=600)
+    assert_ok(proc)
+    runs = sorted(p.name for p in (tmp_path / "s").iterdir() if (p / "config.toml").exists())
+    assert runs == ["lr0.05-seed0", "lr0.05-seed1", "lr0.2-seed0", "lr0.2-seed1"]
+    assert all(len(metrics(tmp_path / "s" / r)) == 1 for r in runs)
+    again = distrain(*args)
+    assert_ok(again)
+    assert "every point is complete" in again.stdout and "complete: 4" in again.stderr
+    table = distrain("status", tmp_path / "s", env={"COLUMNS": "200"})
+    assert_ok(table)
+    rows = [line for line in table.stdout.splitlines() if "lr0." in line]
+    assert len(rows) == 4 and all("finished" in r for r in rows)
+    best = max((metrics(tmp_path / "s" / r)[0]["val_acc1"], r) for r in runs)
+    assert best[1] in rows[0] and f"{best[0]:.2f}" in rows[0]  # best first
+
+
+@pytest.mark.slurm
+def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_unfinished_points_resubmit(imagefolder,
+                                                                                                 tmp_path):
+    if not cluster_available():
+        if os.environ.get("DISTRAIN_REQUIRE_SLURM") == "1":
+            raise RuntimeError("SLURM cluster is not up: run `bash tests/slurm/cluster.sh up`")
+        pytest.skip("no local SLURM cluster (bash tests/slurm/cluster.sh up)")
+    sweep = tmp_path / "s"
+    args = ["sweep", "--slurm", "--gpus", "0", "--data", imagefolder, *TINY, "--epochs", "2", "--lr", "0.05,0.2",
+            "--seed", "0,1", "--max-parallel", "2", "--sweep-dir", sweep]
+    proc = distrain(*args)
+    assert_ok(proc)
+    array = re.search(r"submitted array job (\d+)", proc.stdout).group(1)
+    tasks = [f"{array}_{i}" for i in range(4)]
+    most_running, preempted = 0, False
+    deadline = time.monotonic() + 600
+
+    def running() -> list[str]:
+        out = subprocess.run(["squeue", "-h", "-r", "-j", array, "-t", "R", "-o", "%i"], capture_output=True,
+                             text=True).stdout
+        return out.split()
+
+    while time.monotonic() < deadline:
+        now = running()
+        most_running = max(most_running, len(now))
+        if not preempted and metrics(sweep / "lr0.05-seed0"):  # task 0 finished an epoch: preempt it
+            subprocess.run(["scancel", "--signal=USR1", "--batch", tasks[0]], check=True)
+            preempted = True
+        for task in tasks:
+            release_if_pending(task, settle=1.0)
+        states = [job_state(t) for t in tasks]
+        if all(s in ("COMPLETED", "FAILED", "CANCELLED") for s in states):
+            break
+        time.sleep(0.5)
+    assert states == ["COMPLETED"] * 4, (states, list((sweep / "logs").iterdir()))
+    assert most_running <= 2
+    assert preempted and [r["epoch"] for r in metrics(sweep / "lr0.05-seed0")] == [0, 1]  # no epoch twice
+    log = (sweep / "logs" / f"slurm-{array}_0.out").read_text()
+    assert "requeueing" in log, log
+    status = distrain("status", sweep, env={"COLUMNS": "200"})
+    assert sum("finished" in line for line in status.stdout.splitlines()) == 4, status.stdout
+    # one point made incomplete (its checkpoints lost): the same command resubmits that point alone
+    import shutil
+
+    shutil.rmtree(sweep / "lr0.2-seed1" / "checkpoints")
+    (sweep / "lr0.2-seed1" / "position.json").unlink()
+    again = distrain(*args)
+    assert_ok(again)
+    assert "to run: 1 (lr0.2-seed1)" in again.stderr and "points 3 (1 task(s)" in again.stdout
+    script = sorted(sweep.glob("job-*.sbatch"))[-1].read_text()
+    assert "#SBATCH --array=3%2" in script
+    job = re.search(r"submitted array job (\d+)", again.stdout).group(1)
+    deadline = time.monotonic() + 300
+    while job_state(f"{job}_3") not in ("COMPLETED", "FAILED", "CANCELLED") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job_state(f"{job}_3") == "COMPLETED"
