@@ -267,14 +267,17 @@ def start(points: list[Point], cfgs: list[RunConfig], typed: list[list[str]], sw
         out.print(f"sweep {sweep_dir}: every point is complete or running; nothing to start "
                   f"(distrain status {sweep_dir})", soft_wrap=True, markup=False, highlight=False)
         return 0
+    from launch import preflight, slurm_launch
+
+    base = cfgs[0]
+    part = slurm_launch.partition_for(base) if base.slurm else None  # a job's GPUs: the partition's
+    plan = topology.make_plan(base, (part.gpus_per_node if part else 0) if base.slurm else topology.visible_gpus())
+    fatal = [p for p in preflight.cheap_checks(base, plan, here=not dry_run) if not p.warning]
+    if fatal and not dry_run:
+        raise ConfigError(fatal[0].message)  # the points share their data and resources: checked once, here
     if not dry_run:
         write_sweep_toml(sweep_dir, fixed, points)
-    base = cfgs[0]
     if base.slurm:
-        from launch import slurm_launch
-
-        part = slurm_launch.partition_for(base)
-        plan = topology.make_plan(base, part.gpus_per_node if part else 0, None)
         return slurm_launch.submit_sweep(cfgs, todo, sweep_dir, typed, plan, part, max_parallel, dry_run, out)
     if dry_run:
         for i in todo:
