@@ -36,7 +36,8 @@ def node_command(args: argparse.Namespace, environ, head: str, node: torchrun.No
     argv = torchrun.torchrun_argv(python, args.procs, paths.torchrun_logs, ["train", paths.config],
                                   args.max_restarts, rdzv, node)
     extra = torchrun.node_env(args.device, RunPaths(args.run_dir), environ, node)
-    return argv, torchrun.rank_env(args.device, args.procs, environ, extra)
+    return argv, torchrun.rank_env(args.device, args.procs, environ, extra,
+                                     cpus=int(environ.get("SLURM_CPUS_ON_NODE", 0)) or None)  # the job's share
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

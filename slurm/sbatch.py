@@ -79,8 +79,9 @@ def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
     lines += [
         "# srun stopped inheriting --cpus-per-task in Slurm 22.05",
         'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi',
-        f"OMP_NUM_THREADS=$(( ${{SLURM_CPUS_ON_NODE:-1}} / {procs} ))",
-        "export OMP_NUM_THREADS=$(( OMP_NUM_THREADS > 0 ? OMP_NUM_THREADS : 1 ))",
+        # the torchrun layout's node payload sets OMP_NUM_THREADS itself (launch/torchrun.py rank_env)
+        *([f"OMP_NUM_THREADS=$(( ${{SLURM_CPUS_ON_NODE:-1}} / {procs} ))",
+           "export OMP_NUM_THREADS=$(( OMP_NUM_THREADS > 0 ? OMP_NUM_THREADS : 1 ))"] if srun_launch else []),
         "export PYTHONUNBUFFERED=1",
         *(["# Flight Recorder: a collective that times out leaves a trace (a value of your own wins)"]
           + [f'[ -n "${{{k}+x}}" ] || export {k}={shlex.quote(v)}' for k, v in job.env] if job.env else []),

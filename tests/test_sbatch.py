@@ -19,7 +19,7 @@ import pytest
 from slurm_cluster import FINAL_STATES, cluster_available, job_restarts, wait_job
 
 from distrib.config import ConfigError, RunConfig, time_limit_seconds
-from launch import torchrun
+from launch import slurm_launch, topology, torchrun
 from slurm.sbatch import SbatchJob, activate_line, render_sbatch
 from slurm.submit import SlurmError, job_state, submission_env, submit
 
@@ -37,6 +37,9 @@ def make(run_dir="/shared/runs/resnet50", gpus=8, procs=8, nodes=2, rank_argv=No
                     node_argv=tuple(torchrun.node_args(procs, "cuda" if gpus else "cpu", max_restarts, run_dir)),
                     endpoint_argv=tuple(torchrun.endpoint_args()), env=env)
     cfg.validate()
+    if cfg.cpus_per_gpu:  # the CPUs the launcher asks for (launch/slurm_launch.py), given to the pure renderer
+        plan = topology.make_plan(dataclasses.replace(cfg, slurm=True), gpus)
+        job = dataclasses.replace(job, cpus_per_task=slurm_launch.cpus_per_task(cfg, plan, None)[0])
     return cfg, job
 
 
