@@ -36,7 +36,9 @@ def labelled_grid(pictures: torch.Tensor, captions: list[str], colour: str = "re
     pictures = _upscale(pictures, 96)
     h, w = pictures.shape[-2:]
     box = torch.tensor([[0, 0, w - 1, h - 1]])
-    drawn = [draw_bounding_boxes(p, box, labels=[c], colors=colour, width=2) for p, c in zip(pictures, captions)]
+    drawn = [draw_bounding_boxes(p, box, labels=[c], colors=colour, width=2, label_colors="white",
+                                 label_background_colors="black", fill_labels=True)
+             for p, c in zip(pictures, captions)]
     return make_grid(torch.stack(drawn), nrow=min(4, len(drawn)), padding=4, pad_value=255)
 
 
