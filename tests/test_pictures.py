@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, assert_ok, distrain
-
 from test_tensorboard import free_port, get_json
 
 
