@@ -72,7 +72,7 @@ class Loop:
     stop: StopRequest
     heartbeat: Heartbeat
     skipped_seen: set = dataclasses.field(default_factory=set)
-    watch: Watch | None = None     # pictures, HPARAMS, profiler (distrib/report/watch.py)
+    watch: Watch = dataclasses.field(default_factory=Watch.idle)  # pictures, HPARAMS, profiler (report/watch.py)
 
     def note_skipped(self, paths: list[str]) -> None:
         for p in paths:

@@ -24,6 +24,11 @@ class Watch:
         self.first_step, self._batch_pending = first_step, tb is not None
 
     @classmethod
+    def idle(cls) -> Watch:
+        """Writes nothing, profiles nothing (a loop built without a run, e.g. in a test)."""
+        return cls(None, [], torch.device("cpu"), None, None, 0)
+
+    @classmethod
     def start(cls, cfg, env, writer, classes: list[str], device: torch.device, progress) -> Watch:
         tb = getattr(writer, "tb", None)  # the RunWriter's SummaryWriter on global rank 0; None elsewhere
         standing = None
