@@ -1,7 +1,7 @@
 """What every rank runs (torchrun and srun start this; `distrain train` calls the same functions in place).
 
     python -m distrib train RUN_DIR/config.toml
-    python -m distrib eval CHECKPOINT [--json] [--no-ema] CONFIG.toml
+    python -m distrib eval CHECKPOINT [--json] [--no-ema] [--report DIR] CONFIG.toml
     python -m distrib predict CHECKPOINT TOPK CONFIG.toml
 
 The run's config.toml is always the last argument; failures are recorded in its folder's logs/.
@@ -38,12 +38,14 @@ def run(argv: list[str]) -> int:
 
         train.main(cfg)
         return 0
-    if argv[:1] == ["eval"] and len(argv) in (3, 4, 5):
+    if argv[:1] == ["eval"] and 3 <= len(argv) <= 7:
         cfg = read_run_config(argv[-1])
+        flags = argv[2:-1]
+        report = flags[flags.index("--report") + 1] if "--report" in flags[:-1] else None
         workers.start_server(cfg.workers)  # before torch is imported here
         from distrib.tools import evaluate
 
-        evaluate.main(argv[1], cfg, as_json="--json" in argv[2:-1], ema="--no-ema" not in argv[2:-1])
+        evaluate.main(argv[1], cfg, as_json="--json" in flags, ema="--no-ema" not in flags, report=report)
         return 0
     if argv[:1] == ["predict"] and len(argv) == 4:
         cfg = read_run_config(argv[-1])

@@ -45,12 +45,10 @@ class RunWriter(NullWriter):
         self._first_step_end, self._first_batch, self._estimated = None, 0, False
         self.tb = SummaryWriter(self.paths.tb)
         self.tty = tty
-        self.hparams: dict = {}
         self._t0 = time.monotonic()
 
     def start(self, config: dict, summary: str, resume_epoch: int = 0) -> None:
         self._forget_rows_from(resume_epoch)
-        self.hparams = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
         toml_lines = "\n".join(f"    {k} = {v!r}" for k, v in sorted(config.items()))
         self.tb.add_text("config", toml_lines)
         log.info(summary)
@@ -131,10 +129,7 @@ class RunWriter(NullWriter):
                      row["val_ema_acc1"], row["val_ema_acc5"])
 
     def close(self, final: dict | None = None) -> None:
-        if final:
-            metrics = {f"hparam/{k}": v for k, v in final.items()}
-            self.tb.add_hparams(self.hparams, metrics, run_name="hparams")
-        self.tb.close()
+        self.tb.close()  # the HPARAMS record is distrib/report/hparams.py's (one experiment per runs folder)
 
 
 def writer_for(rank: int, run_dir: str, log_interval: int = 20) -> NullWriter:

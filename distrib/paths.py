@@ -91,6 +91,17 @@ class RunPaths:
     def nccl_trace_prefix(self) -> str:
         return self._at("logs", "hang", "nccl-trace-rank")  # NCCL appends the rank (TORCH_NCCL_DEBUG_INFO_TEMP_FILE)
 
+    # --- `--profile START:STEPS` (distrib/report/profile.py)
+    @property
+    def profile(self) -> str:
+        return self._at("profile")
+
+    def profile_trace(self, rank: int) -> str:
+        return self._at("profile", f"rank{rank}-trace.json")   # Chrome trace JSON: ui.perfetto.dev opens it
+
+    def profile_table(self, rank: int) -> str:
+        return self._at("profile", f"rank{rank}-top.txt")      # the top operators and the data-wait share
+
     @property
     def stop(self) -> str:
         return self._at("STOP")               # touched to stop every rank at the next step boundary

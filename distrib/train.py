@@ -27,6 +27,7 @@ from distrib.model import build_model, training_loss, wrap_model
 from distrib.precision import AMP_DTYPES, resolve_precision
 from distrib.recipe.ema import adjusted_decay
 from distrib.recipe.mix import Mixer, soft_cross_entropy
+from distrib.report.watch import Watch
 from distrib.runtime.env import DistEnv
 from distrib.runtime.process_group import all_reduce_sum, pick_device, process_group
 from distrib.runtime.stop import StopRequest
@@ -71,6 +72,7 @@ class Loop:
     stop: StopRequest
     heartbeat: Heartbeat
     skipped_seen: set = dataclasses.field(default_factory=set)
+    watch: Watch = dataclasses.field(default_factory=Watch.idle)  # pictures, HPARAMS, profiler (report/watch.py)
 
     def note_skipped(self, paths: list[str]) -> None:
         for p in paths:
@@ -103,6 +105,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
                 writer_for(env.rank, cfg.run_dir, cfg.log_interval), stop, heartbeat)
     progress = state.progress
     loop.writer.start(cfg.to_toml_dict(), _summary(cfg, env, device, loaders, progress), progress.epoch)
+    loop.watch = Watch.start(cfg, env, loop.writer, loaders.classes, device, progress)
 
     amp_dtype = AMP_DTYPES[cfg.amp]
     val = {"acc1": 0.0}
@@ -115,22 +118,26 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
             log.info("stopped at %s; last.pt written. Run again to resume.",
                      position_words(epoch, progress.batch // cfg.accum_steps, steps_per_epoch))
             return "stopped"
-        val = evaluate(net, loaders.val, device, amp_dtype, cfg.channels_last, loop.note_skipped)
+        confusion = loop.watch.confusion()  # of the weights best.pt is chosen by
+        val = evaluate(net, loaders.val, device, amp_dtype, cfg.channels_last, loop.note_skipped,
+                       observe=None if state.ema is not None else confusion)
         row = _epoch_row(epoch, env, sums, val, state.scheduler.get_last_lr()[0])
         if state.ema is not None:
             state.ema.sync()
-            ema_val = evaluate(state.ema.module, loaders.val, device, amp_dtype, cfg.channels_last)
+            ema_val = evaluate(state.ema.module, loaders.val, device, amp_dtype, cfg.channels_last, observe=confusion)
             row.update({"val_ema_acc1": ema_val["acc1"], "val_ema_acc5": ema_val["acc5"],
                         "val_ema_loss": ema_val["loss"]})
         loop.writer.epoch(row)
         acc1 = row["val_ema_acc1" if state.ema is not None else "val_acc1"]  # what best.pt is chosen by
         is_best = acc1 > progress.best_acc1
+        loop.watch.epoch(row, is_best, confusion)
         progress = state.progress = dataclasses.replace(progress, epoch=epoch + 1, batch=0, partial=None,
                                                         best_acc1=max(progress.best_acc1, acc1))
         checkpointer.save(state, best=is_best)
         if epoch + 1 < cfg.epochs and stop.requested(device):  # asked to stop during the epoch's last step
             log.info("stopped after epoch %d; last.pt written. Run again to resume.", epoch + 1)
             return "stopped"
+    loop.watch.close()
     loop.writer.close({"best_acc1": progress.best_acc1, "final_acc1": val["acc1"]})
     return "done"
 
@@ -168,6 +175,7 @@ def train_one_epoch(loop: Loop, state: TrainState, loader) -> tuple[torch.Tensor
         if micro + 1 < cfg.accum_steps:
             continue
         optimizer_step(loop, state)
+        loop.watch.step()
         loop.writer.step(progress.epoch, progress.batch // cfg.accum_steps, loop.steps_per_epoch, loss.detach(),
                          step_images * loop.env.world_size)
         step_images = 0
@@ -201,6 +209,7 @@ def forward_backward(loop: Loop, state: TrainState, images: torch.Tensor, labels
             else:
                 loss = training_loss(loop.net(images), lambda logits: F.cross_entropy(
                     logits, labels, label_smoothing=cfg.label_smoothing))
+        loop.watch.batch(images)  # the first batch, as the model saw it (after mixing)
         state.scaler.scale(loss / k).backward()
     return loss
 

@@ -21,7 +21,8 @@ log = logging.getLogger("distrain")
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool,
-             note_skipped=lambda paths: None, say=log.info) -> dict:
+             note_skipped=lambda paths: None, say=log.info, observe=None) -> dict:
+    """observe(logits, labels, images), when given, sees every scored batch (distrib/report/confusion.py)."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, top1, top5, samples, skipped
@@ -38,6 +39,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels
         images, labels = to_device(batch, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
+        if observe is not None:
+            observe(logits, labels, images)
         sums[0] += criterion(logits.float(), labels).double()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5.eq(labels[:, None])

@@ -171,12 +171,16 @@ def evaluate(cli: dict,
              procs: int = typer.Option(1, "--procs", metavar="N", help="CPU processes (with --gpus 0).", rich_help_panel=TOPOLOGY),
              json_out: bool = typer.Option(False, "--json", metavar=" ", help="Print one JSON object: acc1, acc5, loss, samples."),
              ema: bool = typer.Option(True, "--ema/--no-ema", metavar=" ", help="Use the checkpoint's EMA weights when it has "
-                                      "them (--model-ema runs); --no-ema: the raw trained weights.")):
+                                      "them (--model-ema runs); --no-ema: the raw trained weights."),
+             report: Optional[Path] = typer.Option(None, "--report", metavar="DIR", help="Also write a per-class "
+                                                   "report there: per_class.csv, confused_pairs.csv, "
+                                                   "confusion_counts.csv, confusion_matrix.png, "
+                                                   "confidently_wrong.png.")):
     """Accuracy of a checkpoint (top-1, top-5, loss), on one or many processes (identical for any count); it
     says which images it scored and how many it skipped as unreadable."""
     from launch import start
 
-    code = start.evaluate(checkpoint, cli, gpus, procs, json_out, out=out, warn=warn, ema=ema)
+    code = start.evaluate(checkpoint, cli, gpus, procs, json_out, out=out, warn=warn, ema=ema, report=report)
     raise typer.Exit(code)
 
 
@@ -329,14 +333,18 @@ def recipes(name: Optional[str] = typer.Argument(None, help="One recipe (default
 
 
 @app.command()
-def status(run_dir: Path = typer.Argument(..., help="Run directory, or a sweep's folder.")):
-    """Job state, last finished epoch, best accuracy and the log's tail of a run; a table for a sweep."""
+def status(run_dir: Path = typer.Argument(..., help="Run directory, a folder of runs, or a sweep's folder.")):
+    """Job state, last finished epoch, best accuracy and the log's tail of a run; for a folder of runs, one
+    row per run: state, epoch of N, best acc1, img/s, last update; for a sweep, one row per point."""
+    from launch import runs_table
     from launch import status as run_status
     from launch import sweep as sw
 
     if sw.is_sweep(str(run_dir)):
         sw.show(str(run_dir), out)
         return
+    if run_dir.is_dir() and not runs_table.is_run_dir(run_dir) and runs_table.runs_in(run_dir):
+        return runs_table.show(run_dir, out=out)
     run_status.show(run_dir, out=out)
 
 

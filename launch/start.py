@@ -234,7 +234,8 @@ def train_in_place(cfg: RunConfig, typed: list[str], out, warn) -> int:
     return finish(cfg, 0, "request" if result == "stopped" else None, time.monotonic() - started, typed, out)
 
 
-def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, ema: bool = True) -> int:
+def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, ema: bool = True,
+             report=None) -> int:
     """`distrain eval`: the checkpoint's own preprocessing and classes, on 1 process or P through torchrun."""
     from launch import model_tools
 
@@ -248,11 +249,11 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
         target = eval_target.choose(str(cli["data"]), record.config, scratch)
         model_tools.check_classes(record, target.data, target.val_split)
         console.err.print(f"scoring {target.says}", soft_wrap=True, markup=False)
-        return _evaluate(record, target, cli, gpus, procs, nprocs, as_json, out, warn, ema)
+        return _evaluate(record, target, cli, gpus, procs, nprocs, as_json, out, warn, ema, report)
 
 
 def _evaluate(record, target, cli: dict, gpus: int, procs: int, nprocs: int, as_json: bool, out, warn,
-              ema: bool) -> int:
+              ema: bool, report=None) -> int:
     from launch import model_tools
 
     pre = model_tools.settle_preprocessing(record, cli, warn)
@@ -266,4 +267,5 @@ def _evaluate(record, target, cli: dict, gpus: int, procs: int, nprocs: int, as_
                     val_split=target.val_split, seed=trained.get("seed"),
                     device="cpu" if gpus == 0 else "cuda").validate()
     args = [record.path] + (["--json"] if as_json else []) + ([] if ema else ["--no-ema"])
+    args += ["--report", os.path.abspath(report)] if report else []  # the ranks run in a scratch dir
     return model_tools.run_tool("eval", cfg, args, nprocs, out)

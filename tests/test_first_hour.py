@@ -29,7 +29,7 @@ def finished(workdir) -> tuple[Path, list[str]]:
     command = ["launch", "--data", "data", "--epochs", "1", *ONE_PROC]
     proc = distrain(*command, cwd=workdir)
     assert_ok(proc)
-    run_dirs = list((workdir / "runs").iterdir())
+    run_dirs = [p for p in (workdir / "runs").iterdir() if p.is_dir()]  # (beside the HPARAMS experiment record)
     assert len(run_dirs) == 1, run_dirs
     assert "run finished" in proc.stdout and "best acc1" in proc.stdout and "best.pt" in proc.stdout
     assert "distrain eval --checkpoint" in proc.stdout
@@ -49,7 +49,7 @@ def test_the_same_command_finds_the_run_and_more_epochs_continue_it(workdir, fin
                     cwd=workdir)
     assert_ok(more)
     assert "resuming at the end of epoch 1" in more.stdout
-    assert list((workdir / "runs").iterdir()) == [run_dir]  # the same run dir, not a new one
+    assert [p for p in (workdir / "runs").iterdir() if p.is_dir()] == [run_dir]  # the same run dir, not a new one
     assert [r["epoch"] for r in metrics(run_dir)] == [0, 1]  # epoch 0 not trained twice
 
 

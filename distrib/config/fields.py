@@ -103,6 +103,10 @@ def endpoint_form(value: str) -> str | None:
     return None
 
 
+profile_form = matches(r"\d+:[1-9]\d*", "is not START:STEPS; use e.g. --profile 10:5 (skip 10 steps, then "
+                       "trace 5)")
+
+
 # --time forms sbatch accepts: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
 _TIME = re.compile(r"(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
                    r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)")

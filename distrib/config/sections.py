@@ -18,6 +18,7 @@ from distrib.config.fields import (
     endpoint_form,
     nodes_form,
     opt,
+    profile_form,
     sbatch_arg_form,
     slurm_name,
     time_form,
@@ -156,3 +157,8 @@ class RunOptions:
     overwrite: bool = opt(False, RUNTIME, "Start afresh in a run dir that holds a run: its checkpoints, metrics, "
                           "TensorBoard events and logs are removed first.")
     device: str = opt("auto", RUNTIME, "Device of `distrain train`.", choices=("auto", "cpu", "cuda"))
+    profile: str | None = opt(None, RUNTIME, "START:STEPS: torch.profiler over STEPS training steps after START "
+                              "(e.g. 10:5); Chrome trace JSON in RUN_DIR/profile/ and the top operators printed.",
+                              form=profile_form)
+    profile_ranks: str = opt("0", RUNTIME, "Which ranks --profile traces: 0 (global rank 0) or all.",
+                             choices=("0", "all"))

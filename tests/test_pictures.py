@@ -1,0 +1,148 @@
+"""Watching a long run (issue 22, items 4-6): pictures in TensorBoard, runs side by side in HPARAMS and in
+`distrain status RUNS_DIR`, `eval --report`, and `--profile`. Real runs, real TensorBoard over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import TINY, assert_ok, distrain
+from test_tensorboard import free_port, get_json
+
+
+@pytest.fixture(scope="module")
+def runs(imagefolder, tmp_path_factory) -> Path:
+    """A folder of two runs: 2 gloo processes with mixup and --profile, and 1 process with another lr."""
+    folder = tmp_path_factory.mktemp("runs-side-by-side")
+    proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "2",
+                    "--run-dir", folder / "mixup", *TINY, "--mixup-alpha", "0.2", "--profile", "1:2")
+    assert_ok(proc)
+    assert "data wait:" in proc.stdout and "aten::" in proc.stdout  # the printed profile table
+    runs.profile_stdout = proc.stdout
+    proc = distrain("train", "--device", "cpu", "--data", imagefolder, "--epochs", "1", "--run-dir",
+                    folder / "plain", *[a if a != "0.2" else "0.1" for a in TINY])
+    assert_ok(proc)
+    return folder
+
+
+def post_json(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_shows_the_pictures_and_every_run_in_hparams(runs):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(runs), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        images, deadline = {}, time.monotonic() + 90
+        while time.monotonic() < deadline and {"mixup/tb", "plain/tb"} - set(images):
+            try:
+                images = get_json(f"{base}/data/plugin/images/tags")
+            except OSError:
+                time.sleep(0.5)
+        for run in ("mixup/tb", "plain/tb"):
+            assert {"pictures/first_batch", "pictures/confusion_matrix", "pictures/confidently_wrong"} <= set(images[run])
+        grid = get_json(f"{base}/data/plugin/images/images?run=mixup/tb&tag=pictures/first_batch")
+        assert len(grid) == 1 and grid[0]["step"] == 0
+        matrix = get_json(f"{base}/data/plugin/images/images?run=mixup/tb&tag=pictures/confusion_matrix")
+        rows = [json.loads(line) for line in (runs / "mixup" / "metrics.jsonl").read_text().splitlines()]
+        best = max(rows, key=lambda r: (r["val_acc1"], -r["epoch"]))  # the first epoch with the best acc1
+        assert matrix[-1]["step"] == best["epoch"]  # written at each new best: the newest is the best epoch
+
+        experiment = post_json(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
+        columns = {h["name"] for h in experiment["hparamInfos"]}
+        assert {"arch", "lr", "batch_size", "mixup_alpha", "world_size"} <= columns
+        metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+        assert {"best/acc1", "best/acc5", "val/acc1", "val/acc5", "run/wall_seconds"} <= metrics
+        groups = post_json(f"{base}/data/plugin/hparams/session_groups", {
+            "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                                      "STATUS_RUNNING"], "colParams": [], "startIndex": 0,
+            "sliceSize": 100})["sessionGroups"]
+        sessions = {g["name"]: g for g in groups}
+        assert set(sessions) == {"mixup", "plain"} and all(len(g["sessions"]) == 1 for g in groups)
+        assert sessions["mixup"]["hparams"]["lr"] == 0.2 and sessions["plain"]["hparams"]["lr"] == 0.1
+        assert sessions["mixup"]["hparams"]["world_size"] == 2 and sessions["mixup"]["hparams"]["mixup_alpha"] == 0.2
+        for name, g in sessions.items():
+            values = {m["name"]["tag"]: m["value"] for m in g["metricValues"]}
+            rows = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+            assert values["val/acc1"] == pytest.approx(rows[-1]["val_acc1"], abs=1e-4)
+            assert values["best/acc1"] == pytest.approx(max(r["val_acc1"] for r in rows), abs=1e-4)
+            assert values["run/wall_seconds"] > 0
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    # one experiment record, at the root of the runs folder; none inside the runs (no add_hparams folders)
+    assert len(list(runs.glob("events.out.tfevents.*distrain-experiment*"))) == 1
+    assert not [p for p in runs.rglob("*") if p.is_dir() and p.parent.name == "tb"]
+
+
+def test_the_profile_is_a_chrome_trace_of_training_steps(runs):
+    trace = runs / "mixup" / "profile" / "rank0-trace.json"
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e.get("name", "") for e in events}
+    assert sum(n.startswith("ProfilerStep#") for n in names) == 2  # --profile 1:2: two steps
+    assert "aten::convolution_backward" in names and any("DistributedDataParallel" in n for n in names)
+    assert not (runs / "mixup" / "profile" / "rank1-trace.json").exists()  # rank 0 only by default
+    assert "data wait:" in (runs / "mixup" / "profile" / "rank0-top.txt").read_text()
+    assert not (runs / "plain" / "profile").exists()  # off by default: nothing written
+
+
+def test_status_of_a_runs_folder_is_a_row_per_run(runs):
+    proc = distrain("status", runs)
+    assert_ok(proc)
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["run", "state", "epoch", "best", "acc1", "img/s", "last", "update"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"mixup", "plain"}
+    assert rows["mixup"][1:5] == ["finished", "2", "of", "2"] and rows["plain"][1:5] == ["finished", "1", "of", "1"]
+    best = max(json.loads(x)["val_acc1"] for x in (runs / "plain" / "metrics.jsonl").read_text().splitlines())
+    assert rows["plain"][5] == f"{best:.2f}%" and rows["plain"][-1] == "ago"
+
+
+def test_eval_report_is_exact_for_any_process_count(runs, imagefolder, tmp_path):
+    best = runs / "mixup" / "checkpoints" / "best.pt"
+    reports = {}
+    for procs in (1, 2):
+        out = tmp_path / f"report-{procs}"
+        proc = distrain("eval", "--checkpoint", best, "--data", imagefolder, "--gpus", "0", "--procs", procs,
+                        "--report", out, "--json")
+        assert_ok(proc)
+        reports[procs] = {name: (out / name).read_text() for name in
+                          ("per_class.csv", "confused_pairs.csv", "confusion_counts.csv")}
+        assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+        acc1 = json.loads(proc.stdout.strip().splitlines()[-1])["acc1"]
+        per_class = list(csv.DictReader(reports[procs]["per_class.csv"].splitlines()))
+        assert sum(int(r["images"]) for r in per_class) == 29  # every val image once, whatever the world size
+        assert 100 * sum(int(r["correct"]) for r in per_class) / 29 == pytest.approx(acc1)
+    assert reports[1] == reports[2]
+
+
+def test_confusion_image_and_text_for_any_class_count():
+    import torch
+
+    from distrib.report.confusion import ConfusionResult
+    from distrib.report.draw import confusion_image
+    from distrib.report.pictures import markdown
+
+    counts = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 4]])
+    picture = confusion_image(counts, size=300)
+    assert picture.dtype == torch.uint8 and picture.shape == (3, 300, 300)
+    assert picture[:, 150, 250].tolist() == [255, 255, 255] and picture[2, 250, 250] < 200  # empty vs full cell
+    result = ConfusionResult(counts, [])
+    assert result.confused_pairs(["a", "b", "c"]) == [("b", "a", 2), ("a", "b", 1)]
+    assert "| c | 4 | 4 | 100.00 |" in markdown(result, ["a", "b", "c"], "t")
+
+
+def test_a_bad_profile_window_is_one_line(tmp_path, imagefolder):
+    proc = distrain("launch", "--gpus", "0", "--data", imagefolder, "--run-dir", tmp_path / "r", "--profile", "5",
+                    "--dry-run")
+    assert proc.returncode == 2 and "--profile '5' is not START:STEPS" in proc.stderr
