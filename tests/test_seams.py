@@ -128,7 +128,7 @@ def test_overwrite_removes_everything_the_run_made_and_the_export_command_works_
 def test_ctrl_c_twice_stops_at_once_as_a_stop_and_the_same_command_resumes(downloaded, tmp_path):
     run_dir = tmp_path / "r"
     args = [sys.executable, "-m", "launch", "launch", *map(str, SMALL), "--procs", "2", "--data", str(downloaded),
-            "--val-split", "0.2", "--epochs", "6", "--batch-size", "8", "--run-dir", str(run_dir)]
+            "--val-split", "0.2", "--epochs", "60", "--batch-size", "8", "--run-dir", str(run_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
