@@ -170,9 +170,9 @@ class StepMonitor:
         extra_compute = rows["compute"][slowest] - statistics.median(rows["compute"][i] for i in others)
         cause = "data" if extra_wait > extra_compute else "compute"
         out = {"slowest_rank": slowest, "slowest_host": self.hosts[slowest], "slowest_ratio": ratio,
-               "slowest_cause": cause}
+               "slowest_cause": cause, "straggling": ratio > 1 + STRAGGLER_SLOWER}
         rank, count = self._streak
-        if ratio > 1 + STRAGGLER_SLOWER:
+        if out["straggling"]:
             count = count + 1 if rank == slowest else 1
             self._streak = (slowest, count)
         else:
