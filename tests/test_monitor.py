@@ -128,6 +128,11 @@ def test_step_figures_make_one_curve_across_a_stop_and_a_lost_checkpoint(imagefo
     assert "of step time" in status.stdout  # the summary repeats the verdict
 
 
+def rank1_line(log: Path) -> str | None:
+    """The first line naming rank 1 (before the competitor starts, noise may name another rank for a while)."""
+    return next((s for s in log.read_text().splitlines() if "straggler: rank 1 " in s), None)
+
+
 def pin(pid: int, core: int) -> None:
     """Every thread of pid onto one core."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -156,8 +161,7 @@ def test_a_rank_slowed_by_a_cpu_competitor_is_named_as_the_compute_straggler(ima
         pin(ranks[1], 1)
         competitor = busy_loop(1)  # rank 1 now gets half of its core
         log = run_dir / "logs" / "rank0.log"
-        line = wait_until(lambda: next((s for s in log.read_text().splitlines() if "straggler:" in s), None)
-                          or proc.poll() is not None, 240, "a straggler line")
+        line = wait_until(lambda: rank1_line(log) or proc.poll() is not None, 240, "a straggler line")
         (run_dir / "STOP").touch()
         out = proc.communicate(timeout=240)[0]
     finally:
@@ -170,3 +174,72 @@ def test_a_rank_slowed_by_a_cpu_competitor_is_named_as_the_compute_straggler(ima
     host = os.uname().nodename
     assert f"straggler: rank 1 on host {host}" in line and "compute" in line, line
     assert "straggler: rank 1" in out  # rank 0 says it on the console too
+
+
+def processes_of_rank(rank: int, rank_pid: int) -> list[int]:
+    """The fork server and the loader workers a rank started: they carry its environment (RANK=...)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == rank_pid:
+            continue
+        try:
+            env = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"torch.distributed.run" not in argv and b"launch" not in argv:
+            found.append(int(name))
+    return found
+
+
+def throttle(pids_of, stop_event, on: float = 0.02, off: float = 0.38) -> None:
+    """Run the processes pids_of() returns 5% of the time (SIGSTOP / SIGCONT, as a CPU quota would), until
+    stop_event; they are left running."""
+    import signal
+
+    while not stop_event.is_set():
+        pids = pids_of()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        time.sleep(off)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(on)
+
+
+def test_a_rank_whose_loader_is_starved_is_named_as_the_data_straggler(tmp_path):
+    """Rank 1's loader workers (and their fork server) get 5% of a CPU (stopped and continued from outside,
+    as a cgroup quota would do); the training processes themselves run as usual."""
+    import threading
+
+    from imagefolder import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "big-images", size=768)  # decoding costs something
+    run_dir = tmp_path / "slow-data"
+    proc = start(launch_args(data, run_dir, "--epochs", "3", "--workers", "1"))
+    done = threading.Event()
+    throttler = None
+    try:
+        wait_until(lambda: live_step(run_dir) >= 1 or proc.poll() is not None, 240, "the first step")
+        ranks = rank_pids(run_dir / "config.toml")
+        assert set(ranks) == {0, 1}, ranks
+        assert processes_of_rank(1, ranks[1]), "no loader process of rank 1 found"
+        throttler = threading.Thread(target=throttle, args=(lambda: processes_of_rank(1, ranks[1]), done))
+        throttler.start()
+        log = run_dir / "logs" / "rank0.log"
+        line = wait_until(lambda: rank1_line(log) or proc.poll() is not None, 240, "a straggler line")
+        done.set()
+        throttler.join()
+        (run_dir / "STOP").touch()
+        out = proc.communicate(timeout=240)[0]
+    finally:
+        done.set()
+        if throttler:
+            throttler.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 3), out
+    assert isinstance(line, str), out
+    assert f"straggler: rank 1 on host {os.uname().nodename}" in line and "waits on data" in line, line

@@ -46,7 +46,7 @@ class StepMonitor:
         self._streak: tuple[int | None, int] = (None, 0)
         self._epoch_wait = self.epoch_wait_share = 0.0
         self._t_forward = None
-        if time_compute:
+        if time_compute and interval:  # --log-interval 0: no hooks; only the epoch's data wait is timed
             self._hook_compute(model)
         self._reset(None)
 
@@ -54,7 +54,7 @@ class StepMonitor:
     def timed(self, loader):
         """The loader's batches, timing each next() as data wait (the iterator's start too: workers starting)."""
         self._reset(None)
-        self._epoch_wait = 0.0
+        self._epoch_wait, self._t_forward = 0.0, None
         started = time.monotonic()
         it = iter(loader)
         while True:
@@ -74,7 +74,7 @@ class StepMonitor:
             return
 
         def forward_starts(module, args):
-            if self._t_forward is None:
+            if module.training and self._t_forward is None:  # not validation's forwards
                 self._t_forward = time.monotonic()
 
         def backward_ends(param):
