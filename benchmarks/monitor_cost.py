@@ -1,13 +1,14 @@
 """What step-level monitoring costs: the same short CPU training with figures every --log-interval steps (the
-default, 20) against --log-interval 0 (no step figures, no live.json, no interval all_gather), A B A B ...
+default, 20) against --log-interval 0 (no step figures, no live.json, no interval all_gather, no timing
+hooks), A B B A ...
 
     python benchmarks/monitor_cost.py                         # 2 gloo processes, resnet18 32 px, synthetic
     python benchmarks/monitor_cost.py --interval 1 --pairs 3  # the worst case: a gather every step
 
 Each run trains 2 epochs of --steps steps on synthetic images; its step time is the second epoch's
-epoch_seconds / steps from metrics.jsonl (the first pays for warm-up). Runs alternate so that a
-neighbour's load on a shared machine falls on both sides alike; the figure is the median over pairs of
-(step time with monitoring) / (step time without).
+epoch_seconds / steps from metrics.jsonl (the first pays for warm-up). Runs go A B, B A, A B, ... so that a
+neighbour's load on a shared machine, and its trend, falls on both sides alike; the figure is the median
+over pairs of (step time with monitoring) / (step time without).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def step_time(interval: int, args, work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interval", type=int, default=20, help="--log-interval of the monitored runs")
-    parser.add_argument("--pairs", type=int, default=3, help="A B pairs")
+    parser.add_argument("--pairs", type=int, default=4, help="A B pairs (alternately B A)")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=60, help="steps per epoch")
     parser.add_argument("--arch", default="resnet18")
@@ -52,8 +53,12 @@ def main() -> None:
     ratios = []
     with tempfile.TemporaryDirectory() as work:
         for pair in range(args.pairs):
-            on = step_time(args.interval, args, Path(work))
-            off = step_time(0, args, Path(work))
+            if pair % 2:
+                off = step_time(0, args, Path(work))
+                on = step_time(args.interval, args, Path(work))
+            else:
+                on = step_time(args.interval, args, Path(work))
+                off = step_time(0, args, Path(work))
             ratios.append(on / off)
             print(f"pair {pair + 1}: step {on * 1000:.1f} ms with --log-interval {args.interval}, "
                   f"{off * 1000:.1f} ms with 0: ratio {on / off:.4f}", flush=True)

@@ -152,7 +152,8 @@ def show(run_dir: Path, out) -> None:
     live = live_line(paths)
     if live:
         out.print(live, markup=False, highlight=False, soft_wrap=True)
-    for line in summary(str(run_dir))[:5]:
+    lines = summary(str(run_dir))
+    for line in lines[:lines.index("next:")] if "next:" in lines else lines:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     failure = _failure_line(str(run_dir)) if word == "failed" else None
     if failure:
