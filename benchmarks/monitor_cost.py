@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def step_time(interval: int, args, work: Path) -> float:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def step_time(interval: int, args, work: Path) -> tuple[float, float]:
+    """(seconds per step of the second epoch, CPU seconds of the whole run: every process it started)"""
     run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"interval{interval}-"))
     argv = [sys.executable, "-m", "launch", "launch", "--gpus", "0", "--procs", str(args.procs), "--synthetic",
             "--arch", args.arch, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
@@ -33,11 +40,13 @@ def step_time(interval: int, args, work: Path) -> float:
             str(interval), "--run-dir", str(run_dir), "--resume", "never", "--seed", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    cpu = children_cpu()
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    cpu = children_cpu() - cpu
     if proc.returncode != 0:
         sys.exit(f"error: --log-interval {interval} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    return row["epoch_seconds"] / args.steps
+    return row["epoch_seconds"] / args.steps, cpu
 
 
 def main() -> None:
@@ -50,7 +59,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    ratios = []
+    ratios, cpu_ratios = [], []
     with tempfile.TemporaryDirectory() as work:
         for pair in range(args.pairs):
             if pair % 2:
@@ -59,11 +68,14 @@ def main() -> None:
             else:
                 on = step_time(args.interval, args, Path(work))
                 off = step_time(0, args, Path(work))
-            ratios.append(on / off)
-            print(f"pair {pair + 1}: step {on * 1000:.1f} ms with --log-interval {args.interval}, "
-                  f"{off * 1000:.1f} ms with 0: ratio {on / off:.4f}", flush=True)
+            ratios.append(on[0] / off[0])
+            cpu_ratios.append(on[1] / off[1])
+            print(f"pair {pair + 1}: step {on[0] * 1000:.1f} ms with --log-interval {args.interval}, "
+                  f"{off[0] * 1000:.1f} ms with 0: ratio {on[0] / off[0]:.4f}; CPU of the whole run {on[1]:.1f} s vs "
+                  f"{off[1]:.1f} s: ratio {on[1] / off[1]:.4f}", flush=True)
     print(f"step-time ratio (monitored / off), median of {args.pairs}: {statistics.median(ratios):.4f} "
-          f"(min {min(ratios):.4f}, max {max(ratios):.4f})")
+          f"(min {min(ratios):.4f}, max {max(ratios):.4f}); CPU-time ratio of the whole runs: "
+          f"{statistics.median(cpu_ratios):.4f} (min {min(cpu_ratios):.4f}, max {max(cpu_ratios):.4f})")
 
 
 if __name__ == "__main__":
