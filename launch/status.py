@@ -76,7 +76,7 @@ def live_line(paths: RunPaths, now: float | None = None) -> str | None:
     f = read_json(paths.live)
     if not f:
         return None
-    parts = [(f"  now ({duration(max((now or time.time()) - f['time'], 0))} ago): "
+    parts = [(f"  newest step figures ({duration(max((now or time.time()) - f['time'], 0))} ago): "
               f"{position_words(f['epoch'], f['batch'], f['batches'])} (global step {f['step']})"),
              f"loss {f['loss']:.4f} (worst rank {f['loss_max']:.4f})" if f.get("loss_max") is not None
              else f"loss {f['loss']:.4f}",
