@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
 
+from distrib.files import write_atomic
 from distrib.paths import RunPaths
-from distrib.words import duration
+from distrib.words import duration, epoch_name, input_verdict
 
 log = logging.getLogger("distrain")
 
@@ -21,6 +23,15 @@ EPOCH_SCALARS = {  # metrics.jsonl key -> TensorBoard tag
     "epoch_seconds": "train/epoch_seconds", "val_acc1": "val/acc1", "val_acc5": "val/acc5",
     "val_loss": "val/loss", "skipped_images": "data/skipped_images",
     "val_ema_acc1": "val_ema/acc1", "val_ema_acc5": "val_ema/acc5", "val_ema_loss": "val_ema/loss",  # --model-ema
+    "data_wait_share": "train/data_wait_share",
+}
+
+STEP_SCALARS = {  # distrib/runtime/monitor.py's figures -> TensorBoard tag, on the global-step axis
+    "loss": "step/loss", "loss_max": "step/loss_max_rank", "lr": "step/lr", "images_per_sec": "step/images_per_sec",
+    "step_time": "step/step_time", "data_wait_share": "step/data_wait_share", "grad_norm": "step/grad_norm",
+    "loss_scale": "step/loss_scale", "slowest_ratio": "step/slowest_over_median",
+    "max_allocated_gib": "memory/max_allocated_gib", "max_reserved_gib": "memory/max_reserved_gib",
+    "alloc_retries": "memory/alloc_retries", "ooms": "memory/ooms", "rss_gib_max": "memory/rss_gib_max",
 }
 
 
@@ -31,19 +42,22 @@ class NullWriter:
     def start(self, config: dict, summary: str, resume_epoch: int = 0) -> None: ...
     def epoch_started(self) -> None: ...
     def step(self, epoch: int, batch: int, batches: int, loss, images: int) -> None: ...
+    def figures(self, figures: dict) -> None: ...
     def progress(self, epoch: int, batch: int, batches: int, loss: float, images_per_sec: float) -> None: ...
     def epoch(self, row: dict) -> None: ...
     def close(self, final: dict | None = None) -> None: ...
 
 
 class RunWriter(NullWriter):
-    def __init__(self, run_dir: str, tty: bool, log_interval: int = 20):
+    def __init__(self, run_dir: str, tty: bool, log_interval: int = 20, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.paths, self.log_interval = RunPaths(run_dir), log_interval
         self._last_line, self._interval_images = time.monotonic(), 0
         self._first_step_end, self._first_batch, self._estimated = None, 0, False
-        self.tb = SummaryWriter(self.paths.tb)
+        # purge_step: a resumed run drops the points an earlier attempt wrote past its checkpoint (TensorBoard
+        # hides events at steps >= purge_step written before it), so its step curves have no duplicate step
+        self.tb = SummaryWriter(self.paths.tb, purge_step=purge_step)
         self.tty = tty
         self._t0 = time.monotonic()
 
@@ -72,7 +86,8 @@ class RunWriter(NullWriter):
         now = time.monotonic()
         self._interval_images += images
         self._estimate_epoch(batch, batches, now)
-        if (batch % self.log_interval and batch != batches and now - self._last_line < PROGRESS_SECONDS
+        due = self.log_interval and batch % self.log_interval == 0
+        if (not due and batch != batches and now - self._last_line < PROGRESS_SECONDS
                 and not (self.tty and now - self._last_line >= 1)):
             return
         rate = self._interval_images / max(now - self._last_line, 1e-9)
@@ -108,6 +123,18 @@ class RunWriter(NullWriter):
             log.info("epoch %d step %d/%d loss %.4f %.1f img/s eta %.0fs", epoch + 1, batch, batches, loss,
                      images_per_sec, eta)
 
+    def figures(self, figures: dict) -> None:
+        """Every --log-interval steps: step-level scalars, RUN_DIR/live.json, and a straggler's line."""
+        figures = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in figures.items()}
+        if figures["device"] != "cuda":
+            figures["rss_gib_max"] = max(figures["rss_gib"])  # resident memory, the largest rank's
+        for key, tag in STEP_SCALARS.items():
+            if figures.get(key) is not None:
+                self.tb.add_scalar(tag, figures[key], figures["step"])
+        write_atomic(self.paths.live, figures, as_json=True)
+        if "straggler_line" in figures:
+            log.warning("%s", figures["straggler_line"])
+
     def epoch_started(self) -> None:
         self._t0 = self._last_line = time.monotonic()
         self._interval_images = 0
@@ -124,6 +151,9 @@ class RunWriter(NullWriter):
         log.info("epoch %d: train loss %.4f  val loss %.4f  acc1 %.2f%%  acc5 %.2f%%  (%d val images, "
                  "%.0f img/s, %.1fs)", row["epoch"] + 1, row["train_loss"], row["val_loss"], row["val_acc1"],
                  row["val_acc5"], row["val_samples"], row["images_per_sec"], row["epoch_seconds"])
+        if "data_wait_share" in row:
+            log.info("%s: %s", epoch_name(row["epoch"]), input_verdict(
+                row["data_wait_share"], self.hparams.get("workers"), row.get("node_cores"), row.get("node_procs")))
         if "val_ema_acc1" in row:
             log.info("epoch %d: EMA val loss %.4f  acc1 %.2f%%  acc5 %.2f%%", row["epoch"] + 1, row["val_ema_loss"],
                      row["val_ema_acc1"], row["val_ema_acc5"])
@@ -132,8 +162,9 @@ class RunWriter(NullWriter):
         self.tb.close()  # the HPARAMS record is distrib/report/hparams.py's (one experiment per runs folder)
 
 
-def writer_for(rank: int, run_dir: str, log_interval: int = 20) -> NullWriter:
-    return RunWriter(run_dir, tty=sys.stdout.isatty(), log_interval=log_interval) if rank == 0 else NullWriter()
+def writer_for(rank: int, run_dir: str, log_interval: int = 20, purge_step: int | None = None) -> NullWriter:
+    return (RunWriter(run_dir, tty=sys.stdout.isatty(), log_interval=log_interval, purge_step=purge_step)
+            if rank == 0 else NullWriter())
 
 
 def setup_logging(rank: int, run_dir: str) -> None:

@@ -119,6 +119,10 @@ class RunPaths:
         return self._at("position.json")      # where the newest checkpoint is: epoch, batch, of how many
 
     @property
+    def live(self) -> str:
+        return self._at("live.json")          # rank 0's newest step-level figures (every --log-interval steps)
+
+    @property
     def outcome(self) -> str:
         return self._at("outcome.json")       # how the last attempt ended: finished, stopped or failed
 

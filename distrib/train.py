@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import random
 import time
@@ -28,7 +29,8 @@ from distrib.precision import AMP_DTYPES, resolve_precision
 from distrib.recipe.ema import adjusted_decay
 from distrib.recipe.mix import Mixer, soft_cross_entropy
 from distrib.report.watch import Watch
-from distrib.runtime.env import DistEnv
+from distrib.runtime.env import DistEnv, cpu_cores
+from distrib.runtime.monitor import StepMonitor
 from distrib.runtime.process_group import all_reduce_sum, pick_device, process_group
 from distrib.runtime.stop import StopRequest
 from distrib.runtime.watchdog import Heartbeat
@@ -71,6 +73,7 @@ class Loop:
     writer: object
     stop: StopRequest
     heartbeat: Heartbeat
+    monitor: StepMonitor           # step-level figures every --log-interval steps, and the epoch's data wait
     skipped_seen: set = dataclasses.field(default_factory=set)
     watch: Watch = dataclasses.field(default_factory=Watch.idle)  # pictures, HPARAMS, profiler (report/watch.py)
 
@@ -102,7 +105,9 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
     if cfg.compile:
         net = torch.compile(net)
     loop = Loop(net, cfg, env, device, steps_per_epoch, Mixer.from_config(cfg, len(loaders.classes)),
-                writer_for(env.rank, cfg.run_dir, cfg.log_interval), stop, heartbeat)
+                writer_for(env.rank, cfg.run_dir, cfg.log_interval, purge_step=state.progress.step + 1), stop,
+                heartbeat, StepMonitor(cfg.log_interval, env, device, model, steps_per_epoch, cfg.epochs,
+                                       cfg.accum_steps, time_compute=not cfg.compile))
     progress = state.progress
     loop.writer.start(cfg.to_toml_dict(), _summary(cfg, env, device, loaders, progress), progress.epoch)
     loop.watch = Watch.start(cfg, env, loop.writer, loaders.classes, device, progress)
@@ -121,7 +126,7 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
         confusion = loop.watch.confusion()  # of the weights best.pt is chosen by
         val = evaluate(net, loaders.val, device, amp_dtype, cfg.channels_last, loop.note_skipped,
                        observe=None if state.ema is not None else confusion)
-        row = _epoch_row(epoch, env, sums, val, state.scheduler.get_last_lr()[0])
+        row = _epoch_row(epoch, env, sums, val, state.scheduler.get_last_lr()[0], loop.monitor.epoch_wait_share)
         if state.ema is not None:
             state.ema.sync()
             ema_val = evaluate(state.ema.module, loaders.val, device, amp_dtype, cfg.channels_last, observe=confusion)
@@ -142,12 +147,13 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
     return "done"
 
 
-def _epoch_row(epoch: int, env: DistEnv, sums: torch.Tensor, val: dict, lr: float) -> dict:
+def _epoch_row(epoch: int, env: DistEnv, sums: torch.Tensor, val: dict, lr: float, wait_share: float) -> dict:
     loss_sum, samples, skipped, seconds = sums.tolist()
     return {"epoch": epoch, "world_size": env.world_size, "train_loss": loss_sum / max(samples, 1),
             "val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"],
             "val_samples": val["samples"], "images_per_sec": samples / max(seconds, 1e-9),
-            "epoch_seconds": seconds, "lr": lr, "skipped_images": int(skipped) + val["skipped"]}
+            "epoch_seconds": seconds, "lr": lr, "skipped_images": int(skipped) + val["skipped"],
+            "data_wait_share": wait_share, "node_cores": cpu_cores(), "node_procs": env.local_world_size}
 
 
 def train_one_epoch(loop: Loop, state: TrainState, loader) -> tuple[torch.Tensor, bool]:
@@ -161,7 +167,7 @@ def train_one_epoch(loop: Loop, state: TrainState, loader) -> tuple[torch.Tensor
     started = time.monotonic()
     loop.writer.epoch_started()
     stopped, step_images = False, 0
-    for batch in loader:
+    for batch in loop.monitor.timed(loader):  # times each wait for a batch
         loop.heartbeat.beat(progress.step + 1)  # "has its data for this step": a rank stuck loading stays behind
         loop.note_skipped(batch.skipped)
         local[2] += len(batch.skipped)
@@ -174,8 +180,11 @@ def train_one_epoch(loop: Loop, state: TrainState, loader) -> tuple[torch.Tensor
         progress.batch += 1
         if micro + 1 < cfg.accum_steps:
             continue
-        optimizer_step(loop, state)
+        grad_norm = optimizer_step(loop, state, norm_wanted=loop.monitor.due(progress.step + 1))
         loop.watch.step()
+        figures = loop.monitor.step(state, local[:2], grad_norm)  # every --log-interval steps, one all_gather
+        if figures:
+            loop.writer.figures(figures)
         loop.writer.step(progress.epoch, progress.batch // cfg.accum_steps, loop.steps_per_epoch, loss.detach(),
                          step_images * loop.env.world_size)
         step_images = 0
@@ -189,6 +198,7 @@ def train_one_epoch(loop: Loop, state: TrainState, loader) -> tuple[torch.Tensor
     sums = torch.cat([local, torch.tensor([0.0], dtype=torch.float64, device=device)])
     sums = all_reduce_sum(sums).cpu()
     sums[3] = max(seconds, 0.0)  # wall time is the same for all ranks; not a sum
+    loop.monitor.end_epoch(seconds)
     return prior + sums if progress.partial else sums, stopped
 
 
@@ -214,18 +224,20 @@ def forward_backward(loop: Loop, state: TrainState, images: torch.Tensor, labels
     return loss
 
 
-def optimizer_step(loop: Loop, state: TrainState) -> None:
-    """Clip (after unscaling, under fp16), step, schedule, and update the EMA."""
-    cfg, progress = loop.cfg, state.progress
-    if cfg.clip_grad_norm is not None:
+def optimizer_step(loop: Loop, state: TrainState, norm_wanted: bool = False) -> torch.Tensor | None:
+    """Clip (after unscaling, under fp16), step, schedule, and update the EMA. Returns the gradient norm (a
+    device tensor) when clipping, or when --log-grad-norm and the monitor logs this step."""
+    cfg, progress, norm = loop.cfg, state.progress, None
+    if cfg.clip_grad_norm is not None or (cfg.log_grad_norm and norm_wanted):
         state.scaler.unscale_(state.optimizer)
-        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.clip_grad_norm)
+        norm = nn.utils.clip_grad_norm_(state.model.parameters(), cfg.clip_grad_norm or math.inf)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
     progress.step += 1
     if state.ema is not None:
         state.ema.after_step(state.model, progress.batch // cfg.accum_steps - 1, progress.epoch)
+    return norm
 
 
 def seed_everything(seed: int | None) -> None:

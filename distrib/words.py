@@ -31,3 +31,22 @@ def position_words(epoch: int, step: int, steps: int | None) -> str:
     if step:
         return f"{epoch_name(epoch)}, step {step} of {steps if steps is not None else '?'}"
     return f"the end of {epoch_name(epoch - 1)}" if epoch else "the start"
+
+
+INPUT_BOUND_SHARE = 0.20  # a data-wait share of step time above this is worth acting on
+
+
+def input_verdict(share: float, workers: int | None = None, cores: int | None = None, procs: int | None = None) -> str:
+    """What a data-wait share of step time means, and what to do about it on this node when it is large."""
+    said = f"the model waited on data {100 * share:.0f}% of step time"
+    if share <= INPUT_BOUND_SHARE:
+        return f"{said}: not input-bound"
+    more = "more --workers"
+    if workers is not None and cores and procs:
+        spare = max(cores // procs - 1, 0)  # a core per training process, the rest for its loader workers
+        more = (f"more --workers (now {workers} per process; this node has {cores} cores for {procs} training "
+                f"process{'es' if procs > 1 else ''}: up to {spare} each)" if spare > workers else
+                f"not more --workers: {workers} per process already fill this node's {cores} cores for {procs} "
+                f"training process{'es' if procs > 1 else ''}")
+    return (f"{said}: input-bound. Try {more}; --decode device (JPEGs decoded on the GPU, in batches); "
+            "or `distrain pack DATA OUT` (shards read faster than many small files)")

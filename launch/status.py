@@ -11,7 +11,7 @@ from pathlib import Path
 from distrib.config import ConfigError
 from distrib.files import read_json
 from distrib.paths import RunPaths
-from distrib.words import epoch_name, position_words
+from distrib.words import epoch_name, input_verdict, position_words
 from launch import run_dir as rd
 from launch.console import duration
 
@@ -47,6 +47,7 @@ def summary(run_dir: str, data: str | None = None) -> list[str]:
              f"acc5 {last[five]:.2f}% ({epoch_name(last['epoch'])})",
              f"  {len(rows)} epoch(s), wall time {duration(wall)}, {images / max(seconds, 1e-9):,.0f} img/s "
              f"training on average",
+             *_input_lines(rows, rd.recorded_config(paths)),
              f"  best.pt  {paths.best}",
              f"  last.pt  {paths.last}"]
     q = shlex.quote
@@ -57,6 +58,39 @@ def summary(run_dir: str, data: str | None = None) -> list[str]:
               f"  distrain export --checkpoint {q(paths.best)} --format onnx --output {q(paths.export)}",
               f"  distrain tensorboard {q(os.path.dirname(run_dir) or '.')}"]
     return lines
+
+
+def _input_lines(rows: list[dict], cfg) -> list[str]:
+    """The last epoch's data-wait verdict (rows from before the monitor have none)."""
+    last = rows[-1]
+    if "data_wait_share" not in last:
+        return []
+    return [f"  {epoch_name(last['epoch'])}: " + input_verdict(last["data_wait_share"], cfg.workers if cfg else None,
+                                                           last.get("node_cores"), last.get("node_procs"))]
+
+
+def live_line(paths: RunPaths, now: float | None = None) -> str | None:
+    """Rank 0's newest step-level figures (RUN_DIR/live.json, every --log-interval steps), in one line."""
+    import time
+
+    f = read_json(paths.live)
+    if not f:
+        return None
+    parts = [(f"  newest step figures ({duration(max((now or time.time()) - f['time'], 0))} ago): "
+              f"{position_words(f['epoch'], f['batch'], f['batches'])} (global step {f['step']})"),
+             f"loss {f['loss']:.4f} (worst rank {f['loss_max']:.4f})" if f.get("loss_max") is not None
+             else f"loss {f['loss']:.4f}",
+             f"{f['images_per_sec']:,.0f} img/s", f"{f['step_time']:.3f} s/step",
+             f"data wait {100 * f['data_wait_share']:.0f}%"]
+    if f.get("slowest_rank") is not None:
+        parts.append(f"slowest rank {f['slowest_rank']} ({f['slowest_host']}) {f['slowest_ratio']:.2f}x the median"
+                     + (f", slow in {f['slowest_cause']}" if f.get("straggling") else ""))
+    if f.get("max_allocated_gib") is not None:
+        parts.append(f"memory {f['max_allocated_gib']:.1f} GiB allocated, {f['max_reserved_gib']:.1f} reserved")
+    elif f.get("rss_gib_max") is not None:
+        parts.append(f"memory {f['rss_gib_max']:.2f} GiB resident (largest rank)")
+    parts.append(f"ETA {duration(f['eta_seconds'])} of training steps")
+    return ", ".join(parts)
 
 
 def state(run_dir: Path) -> tuple[str, str]:
@@ -115,7 +149,11 @@ def show(run_dir: Path, out) -> None:
     if where.get("batch"):
         progress += f", last.pt at {position_words(where['epoch'], where['batch'], where.get('batches'))}"
     out.print(f"{run_dir}: [bold]{word}[/], {progress}; {detail}", soft_wrap=True)
-    for line in summary(str(run_dir))[:4]:
+    live = live_line(paths)
+    if live:
+        out.print(live, markup=False, highlight=False, soft_wrap=True)
+    lines = summary(str(run_dir))
+    for line in lines[:lines.index("next:")] if "next:" in lines else lines:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     failure = _failure_line(str(run_dir)) if word == "failed" else None
     if failure:

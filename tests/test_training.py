@@ -47,7 +47,8 @@ def test_only_rank_zero_writes(two_rank_run):
     rest = written - logs
     assert {"config.toml", "launch.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"} <= rest
     records = {"config.toml", "launch.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
-               "position.json", "outcome.json"}  # position.json: rank 0, beside last.pt; outcome.json: the launcher
+               "position.json", "outcome.json", "live.json"}  # position.json: rank 0, beside last.pt; outcome.json:
+    # the launcher; live.json: rank 0's newest step-level figures
     assert all(p.startswith("tb/") for p in rest - records), rest
 
 

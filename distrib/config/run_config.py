@@ -24,7 +24,7 @@ SECTIONS = (TopologyOptions, SlurmOptions, DataOptions, ModelOptions, OptimOptio
 # Training options that do not change what is trained: how long (a run continues with more --epochs), how
 # fast, and how it is reported. Every other training option is part of a run's identity (training_math).
 NOT_TRAINING_MATH = frozenset({"epochs", "workers", "decode", "amp", "channels_last", "compile", "bucket_mb",
-                               "log_interval"})
+                               "log_interval", "log_grad_norm"})
 PATH_FIELDS = ("data", "run_dir", "weights")  # recorded as absolute paths (with_absolute_paths)
 
 

@@ -124,7 +124,10 @@ class OptimOptions:
                                        above=0, fix="leave it out for no clipping")
     seed: int | None = opt(None, TRAINING, "Seed for reproducible runs.")
     steps_per_epoch: int | None = opt(None, TRAINING, "Cap on training steps per epoch (quick runs).", min=1)
-    log_interval: int = opt(20, TRAINING, "Steps between progress lines.", min=1)
+    log_interval: int = opt(20, TRAINING, "Steps between progress lines and step-level figures (TensorBoard, "
+                            "live.json, stragglers); 0 turns them off.", min=0)
+    log_grad_norm: bool = opt(False, TRAINING, "Log the gradient norm every --log-interval steps (it is logged "
+                              "anyway when --clip-grad-norm is set).")
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_gather_rows(row: torch.Tensor) -> torch.Tensor:
+    """Every rank's 1-D row stacked by rank: (world, len) (one row on one process)."""
+    if not is_dist():
+        return row.reshape(1, -1)
+    rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, row)
+    return torch.stack(rows)
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()

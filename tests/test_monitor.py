@@ -1,0 +1,245 @@
+"""Watching a long run: step-level figures in the real TensorBoard (read over its HTTP API), one continuous
+curve across stop / resume, a slowed rank named as the straggler, and `distrain status`'s live line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import TINY, assert_ok, distrain, rank_pids
+from test_tensorboard import free_port, get_json
+
+# 96 train images, 4 per process on 2 processes: 12 steps per epoch, a figure every step
+SMALL_STEPS = [*TINY, "--batch-size", "4", "--log-interval", "1"]
+
+
+def launch_args(data, run_dir, *extra) -> list[str]:
+    return ["launch", "--gpus", "0", "--procs", "2", "--data", str(data), "--run-dir", str(run_dir), *SMALL_STEPS,
+            *extra]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "launch", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def live_step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "live.json").read_text())["step"]
+    except (OSError, ValueError):
+        return 0
+
+
+def stop_after(args: list[str], run_dir: Path, step: int) -> str:
+    """Run until live.json shows `step`, then touch RUN_DIR/STOP; the launch's output."""
+    proc = start(args)
+    try:
+        wait_until(lambda: live_step(run_dir) >= step or proc.poll() is not None, 240, f"step {step}")
+        (run_dir / "STOP").touch()
+        out = proc.communicate(timeout=240)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, out  # 3: stopped, resumable
+    return out
+
+
+@contextlib.contextmanager
+def tensorboard(runs_dir: Path):
+    """The real TensorBoard over runs_dir (as tests/test_tensorboard.py starts it); yields get(path)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(runs_dir), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        yield lambda path: get_json(f"http://127.0.0.1:{port}{path}")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def scalar_tags(get, run: str, want: set[str]) -> dict:
+    def ready():
+        try:
+            tags = get("/data/plugin/scalars/tags").get(run, {})
+        except OSError:
+            return None
+        return tags if want <= set(tags) else None
+    return wait_until(ready, 90, f"tags {want} of {run}")
+
+
+def test_step_figures_make_one_curve_across_a_stop_and_a_lost_checkpoint(imagefolder, tmp_path):
+    run_dir = tmp_path / "runs" / "watched"
+    args = launch_args(imagefolder, run_dir, "--epochs", "1")
+    stop_after(args, run_dir, 3)
+    first = json.loads((run_dir / "position.json").read_text())
+    assert 0 < first["batch"] < 12, first
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("checkpoints/last.pt", "position.json"):
+        shutil.copy(run_dir / name, kept / Path(name).name)
+    # a second attempt writes points past that checkpoint, then "dies": its checkpoint is lost
+    stop_after(args, run_dir, first["batch"] + 3)
+    assert json.loads((run_dir / "position.json").read_text())["batch"] > first["batch"] + 1
+    shutil.copy(kept / "last.pt", run_dir / "checkpoints" / "last.pt")
+    shutil.copy(kept / "position.json", run_dir / "position.json")
+    out = distrain(*args)
+    assert_ok(out)
+    assert f"resuming at epoch 1, step {first['batch']}" in out.stdout
+
+    step_tags = {"step/loss", "step/loss_max_rank", "step/lr", "step/images_per_sec", "step/step_time",
+                 "step/data_wait_share", "step/slowest_over_median", "memory/rss_gib_max"}
+    with tensorboard(run_dir.parent) as get:
+        run = "watched/tb"
+        scalar_tags(get, run, step_tags)
+        for tag in sorted(step_tags):
+            points = get(f"/data/plugin/scalars/scalars?tag={tag}&run={run}")
+            steps = [step for _, step, _ in points]
+            assert steps == list(range(1, 13)), (tag, steps)  # every step once, inside the one epoch
+        share = get(f"/data/plugin/scalars/scalars?tag=step/data_wait_share&run={run}")
+        assert all(0 <= value <= 1 for _, _, value in share)
+        epoch_share = get(f"/data/plugin/scalars/scalars?tag=train/data_wait_share&run={run}")
+        assert [step for _, step, _ in epoch_share] == [0]
+
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= row["data_wait_share"] <= 1 and row["node_cores"] >= 1
+    assert "of step time" in out.stdout  # the epoch's verdict line
+    status = distrain("status", run_dir)
+    assert_ok(status)
+    assert "global step 12" in status.stdout and "img/s" in status.stdout and "data wait" in status.stdout
+    assert "slowest rank" in status.stdout and "GiB resident" in status.stdout
+    assert "of step time" in status.stdout  # the summary repeats the verdict
+
+
+def rank1_line(log: Path) -> str | None:
+    """The first line naming rank 1 (before the competitor starts, noise may name another rank for a while)."""
+    return next((s for s in log.read_text().splitlines() if "straggler: rank 1 " in s), None)
+
+
+def pin(pid: int, core: int) -> None:
+    """Every thread of pid onto one core."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), {core})
+
+
+def busy_loop(core: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    os.sched_setaffinity(proc.pid, {core})
+    return proc
+
+
+def test_a_rank_slowed_by_a_cpu_competitor_is_named_as_the_compute_straggler(imagefolder, tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        import pytest
+        pytest.skip("needs 2 cores: one per rank")
+    run_dir = tmp_path / "slow-rank"
+    proc = start(launch_args(imagefolder, run_dir, "--epochs", "3", "--workers", "0"))
+    competitor = None
+    try:
+        wait_until(lambda: live_step(run_dir) >= 1 or proc.poll() is not None, 240, "the first step")
+        ranks = rank_pids(run_dir / "config.toml")
+        assert set(ranks) == {0, 1}, ranks
+        pin(ranks[0], 0)
+        pin(ranks[1], 1)
+        competitor = busy_loop(1)  # rank 1 now gets half of its core
+        log = run_dir / "logs" / "rank0.log"
+        line = wait_until(lambda: rank1_line(log) or proc.poll() is not None, 240, "a straggler line")
+        (run_dir / "STOP").touch()
+        out = proc.communicate(timeout=240)[0]
+    finally:
+        if competitor:
+            competitor.kill()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 3), out
+    assert isinstance(line, str), out
+    host = os.uname().nodename
+    assert f"straggler: rank 1 on host {host}" in line and "compute" in line, line
+    assert "straggler: rank 1" in out  # rank 0 says it on the console too
+
+
+def processes_of_rank(rank: int, rank_pid: int) -> list[int]:
+    """The fork server and the loader workers a rank started: they carry its environment (RANK=...)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == rank_pid:
+            continue
+        try:
+            env = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"torch.distributed.run" not in argv and b"launch" not in argv:
+            found.append(int(name))
+    return found
+
+
+def throttle(pids_of, stop_event, on: float = 0.02, off: float = 0.38) -> None:
+    """Run the processes pids_of() returns 5% of the time (SIGSTOP / SIGCONT, as a CPU quota would), until
+    stop_event; they are left running."""
+    import signal
+
+    while not stop_event.is_set():
+        pids = pids_of()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        time.sleep(off)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(on)
+
+
+def test_a_rank_whose_loader_is_starved_is_named_as_the_data_straggler(tmp_path):
+    """Rank 1's loader workers (and their fork server) get 5% of a CPU (stopped and continued from outside,
+    as a cgroup quota would do); the training processes themselves run as usual."""
+    import threading
+
+    from imagefolder import make_imagefolder
+
+    data = make_imagefolder(tmp_path / "big-images", size=768)  # decoding costs something
+    run_dir = tmp_path / "slow-data"
+    proc = start(launch_args(data, run_dir, "--epochs", "3", "--workers", "1"))
+    done = threading.Event()
+    throttler = None
+    try:
+        wait_until(lambda: live_step(run_dir) >= 1 or proc.poll() is not None, 240, "the first step")
+        ranks = rank_pids(run_dir / "config.toml")
+        assert set(ranks) == {0, 1}, ranks
+        assert processes_of_rank(1, ranks[1]), "no loader process of rank 1 found"
+        throttler = threading.Thread(target=throttle, args=(lambda: processes_of_rank(1, ranks[1]), done))
+        throttler.start()
+        log = run_dir / "logs" / "rank0.log"
+        line = wait_until(lambda: rank1_line(log) or proc.poll() is not None, 240, "a straggler line")
+        done.set()
+        throttler.join()
+        (run_dir / "STOP").touch()
+        out = proc.communicate(timeout=240)[0]
+    finally:
+        done.set()
+        if throttler:
+            throttler.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 3), out
+    assert isinstance(line, str), out
+    assert f"straggler: rank 1 on host {os.uname().nodename}" in line and "waits on data" in line, line
