@@ -233,6 +233,7 @@ def test_accumulating_two_batches_matches_one_batch_twice_as_big():
     from distrib.data.datasets import Batch
     from distrib.metrics import NullWriter
     from distrib.runtime.env import DistEnv
+    from distrib.runtime.monitor import StepMonitor
     from distrib.runtime.stop import StopRequest
     from distrib.runtime.watchdog import Heartbeat
     from distrib.state import TrainState
@@ -250,7 +251,8 @@ def test_accumulating_two_batches_matches_one_batch_twice_as_big():
         steps = 32 // (batch * k)
         state = TrainState.create(model, cfg, 1, steps, torch.device("cpu"))
         loop = Loop(model, cfg, DistEnv(), torch.device("cpu"), steps, None, NullWriter(),
-                    StopRequest("/nonexistent/STOP"), Heartbeat(DistEnv(), 60, "/nonexistent"))
+                    StopRequest("/nonexistent/STOP"), Heartbeat(DistEnv(), 60, "/nonexistent"),
+                    StepMonitor(0, DistEnv(), torch.device("cpu"), model, steps, 1, k))
         loader = [Batch(images[i:i + batch], labels[i:i + batch], []) for i in range(0, 32, batch)]
         sums, stopped = train_one_epoch(loop, state, loader)
         assert not stopped and state.progress.step == steps
