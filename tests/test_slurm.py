@@ -103,8 +103,9 @@ def wait_mid_epoch(run_dir: Path, job: str, attempt: int = 0, timeout: float = 2
     raise TimeoutError(f"job {job} never reached the middle of an epoch: {slurm_log(run_dir, job)[-3000:]}")
 
 
-def assert_matches_straight(run_dir: Path, straight: Path) -> None:
-    rows, want = metrics(run_dir), metrics(straight)
+def assert_matches_straight(run_dir: Path, request) -> None:
+    """Every epoch as the uninterrupted run's (asked for only now: a test that fails earlier need not wait for it)."""
+    rows, want = metrics(run_dir), metrics(request.getfixturevalue("straight_run"))
     assert [r["epoch"] for r in rows] == [r["epoch"] for r in want] == [0, 1], rows  # none twice, none missed
     for got, ref in zip(rows, want):
         for key in COMPARED:
@@ -123,13 +124,13 @@ def assert_stopped_mid_epoch(run_dir: Path, asked_at: tuple[int, int]) -> dict:
 def resumed_at(run_dir: Path, ckpt: dict) -> None:
     log = (run_dir / "logs" / "rank0.log").read_text()
     where = position_words(ckpt["epoch"], ckpt["batch"], None)
-    assert re.search(rf"resumed from \S*last\.pt at {where}$", log, re.MULTILINE), log[-3000:]
+    assert re.search(rf"resumed from \S*last\.pt at {re.escape(where)}$", log, re.MULTILINE), log[-3000:]
     # the first step trained after the resume is the one after the checkpoint's
     after = STEP_LINE.findall(log.split("resumed from")[-1])
     assert after and (int(after[0][0]), int(after[0][1])) == (ckpt["epoch"] + 1, ckpt["batch"] + 1), after[:3]
 
 
-def test_preempted_job_checkpoints_requeues_and_resumes(straight_run, imagefolder, tmp_path):
+def test_preempted_job_checkpoints_requeues_and_resumes(request, imagefolder, tmp_path):
     """USR1 as SLURM sends it before a time limit: stop mid-epoch at a step, last.pt, requeue, resume at that
     step, finish with every epoch's metrics those of the uninterrupted run."""
     run_dir = tmp_path / "preempted"
@@ -151,12 +152,11 @@ def test_preempted_job_checkpoints_requeues_and_resumes(straight_run, imagefolde
     assert job_restarts(job) == 1
     assert "requeueing" in slurm_log(run_dir, job)
     resumed_at(run_dir, ckpt)
-    assert_matches_straight(run_dir, straight_run)
+    assert_matches_straight(run_dir, request)
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 2 * STEPS
 
 
-def test_scancel_checkpoints_mid_epoch_stays_cancelled_and_the_same_command_resumes(straight_run, imagefolder,
-                                                                                     tmp_path):
+def test_scancel_checkpoints_mid_epoch_stays_cancelled_and_the_same_command_resumes(request, imagefolder, tmp_path):
     """A plain scancel (SIGTERM) with real training ranks: they stop at a step boundary and rank 0 writes
     last.pt before SLURM's KillWait; the job stays CANCELLED (no requeue); `distrain status` says stopped and
     where; the same launch command resumes at that step and ends with the uninterrupted run's metrics."""
@@ -179,7 +179,7 @@ def test_scancel_checkpoints_mid_epoch_stays_cancelled_and_the_same_command_resu
     assert again != job
     assert wait_job(again, timeout=300) == "COMPLETED", slurm_log(run_dir, again)
     resumed_at(run_dir, ckpt)
-    assert_matches_straight(run_dir, straight_run)
+    assert_matches_straight(run_dir, request)
 
 
 def test_max_requeues_reached_stops_and_says_so(imagefolder, tmp_path):
