@@ -85,7 +85,7 @@ def test_eval_accuracy_is_identical_for_any_world_size(two_rank_run, imagefolder
                     "--gpus", "0", "--procs", procs, "--json", "--image-size", "32", "--workers", "0")
     assert_ok(proc)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(result) == {"acc1", "acc5", "loss", "samples"}
+    assert set(result) == {"acc1", "acc5", "loss", "samples", "skipped"} and result["skipped"] == 0
     assert result["samples"] == VAL_IMAGES
     last = metrics(two_rank_run)[-1]
     assert result["acc1"] == last["val_acc1"] and result["acc5"] == last["val_acc5"]
