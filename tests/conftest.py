@@ -13,14 +13,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from imagefolder import make_imagefolder  # noqa: E402
 
-# Small enough for 2 CPU cores, big enough to learn: 4 classes, 96 train and 29 val images of 32 px.
+# Small enough for 2 CPU cores, big enough to learn: 8 classes (so that acc5 is not always 100% and differs
+# from acc1), 96 train and 29 val images of 32 px (12 and 3 a class; class0 has 8 val images: 29 is prime).
+CLASSES = 8
 TINY = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "16", "--workers", "1", "--lr", "0.2",
         "--seed", "0", "--log-interval", "2"]
 
 
 @pytest.fixture(scope="session")
 def imagefolder(tmp_path_factory) -> Path:
-    return make_imagefolder(tmp_path_factory.mktemp("data") / "imagefolder")
+    return make_imagefolder(tmp_path_factory.mktemp("data") / "imagefolder", classes=CLASSES, train_per_class=12,
+                            val_per_class=3, val_extra=5)
 
 
 @pytest.fixture(scope="session")

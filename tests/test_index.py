@@ -67,10 +67,53 @@ def test_a_changed_class_folder_rebuilds_it(data):
     assert len(index.builds(str(data))) == 2  # fresh again: loaded, not rebuilt
 
 
-def test_read_only_data_goes_to_the_cache(data, tmp_path, monkeypatch):
+def test_distrain_cache_puts_every_index_there(data, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTRAIN_CACHE", str(tmp_path / "cache"))
     idx = index.ensure(str(data))
     assert idx.folder.startswith(str(tmp_path / "cache")) and not (data / index.INDEX_DIR).exists()
+
+
+@pytest.fixture
+def read_only(data, tmp_path):
+    """DATA seen through a read-only bind mount: nobody, root included, can write there."""
+    ro = tmp_path / "read-only data"
+    ro.mkdir()
+    done = subprocess.run(["mount", "--bind", str(data), str(ro)], capture_output=True, text=True)
+    if done.returncode != 0:
+        if os.environ.get("CI") or os.geteuid() == 0:
+            pytest.fail(f"mount --bind failed: {done.stderr.strip()}")
+        pytest.skip(f"needs root for a read-only bind mount: {done.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True, capture_output=True)
+        with pytest.raises(OSError, match="Read-only file system"):
+            (ro / "probe").write_text("x")
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_read_only_data_goes_to_the_default_cache(read_only, data, tmp_path, monkeypatch):
+    """No DISTRAIN_CACHE: the index of read-only DATA goes to ~/.cache/distrain (or $XDG_CACHE_HOME/distrain),
+    is found there by the next process, and lists the same images as it would beside DATA."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("DISTRAIN_CACHE", "XDG_CACHE_HOME")}
+    env["HOME"] = str(home)
+    proc = subprocess.run([sys.executable, "-m", "launch", "index", str(read_only)], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cache = home / ".cache" / "distrain" / "index"
+    folders = list(cache.iterdir()) if cache.is_dir() else []
+    assert len(folders) == 1 and f"in {folders[0]}" in proc.stdout, (proc.stdout, folders)
+    assert not (read_only / index.INDEX_DIR).exists() and not (data / index.INDEX_DIR).exists()
+    monkeypatch.delenv("DISTRAIN_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    idx = index.load(str(read_only))  # the next process finds it: nothing rebuilt
+    assert idx is not None and idx.folder == str(folders[0])
+    train = idx.split("train")
+    assert [train.path(i) for i in range(len(train))] == sorted(str(p) for p in (read_only / "train").rglob("*.jpg"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert index.ensure(str(read_only)).folder.startswith(str(tmp_path / "xdg" / "distrain" / "index"))
 
 
 LISTINGS = textwrap.dedent("""

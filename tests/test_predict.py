@@ -14,31 +14,71 @@ from imagefolder import corrupt_file
 @pytest.fixture(scope="module")
 def one_process_rows(trained_checkpoint, imagefolder, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("predict") / "rows.json"
-    proc = distrain("predict", "--checkpoint", trained_checkpoint, imagefolder / "val", "--topk", "3",
+    proc = distrain("predict", "--checkpoint", trained_checkpoint, imagefolder / "val", "--topk", "5",
                     "--gpus", "0", "--batch-size", "64", "--output", out)
     assert_ok(proc)
     assert "predicted 29 of 29 images" in proc.stderr
     return json.loads(out.read_text())
 
 
-def test_top1_agrees_with_eval_exactly(one_process_rows, trained_checkpoint, imagefolder):
+@pytest.fixture(scope="module")
+def eval_result(trained_checkpoint, imagefolder) -> dict:
     proc = distrain("eval", "--checkpoint", trained_checkpoint, "--data", imagefolder, "--gpus", "0", "--json")
     assert_ok(proc)
-    acc1 = json.loads(proc.stdout.strip().splitlines()[-1])["acc1"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def reference_logits(trained_checkpoint, imagefolder):
+    """The checkpoint's model on every val image through eval's preprocessing, in this test: (paths, logits)."""
+    import torch
+    import torchvision
+
+    from distrib import checkpoint
+    from distrib.data.images import load_val
+
+    ckpt = checkpoint.load(str(trained_checkpoint))
+    model = torchvision.models.get_model(ckpt["arch"], num_classes=ckpt["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    pre = ckpt["preprocessing"]
+    paths = sorted(str(p) for p in (imagefolder / "val").rglob("*.jpg"))
+    images = torch.stack([load_val(p, pre["crop_size"], pre["resize_size"]) for p in paths]).float()
+    mean, std = (torch.tensor(pre[k]).view(1, 3, 1, 1) * 255 for k in ("mean", "std"))
+    with torch.no_grad():
+        return paths, ckpt["classes"], model.eval()((images - mean) / std)
+
+
+def test_top1_and_top5_agree_with_eval_exactly(one_process_rows, eval_result):
     paths = [r["path"] for r in one_process_rows]
     assert paths == sorted(paths) and len(paths) == 29  # the folder, recursively, in sorted order
-    hits = sum(r["predictions"][0]["class"] == r["path"].split("/")[-2] for r in one_process_rows)
-    assert 100 * hits / len(paths) == acc1
+    truth = [r["path"].split("/")[-2] for r in one_process_rows]
+    top5 = [[p["class"] for p in r["predictions"]] for r in one_process_rows]
+    assert 100 * sum(t == k[0] for t, k in zip(truth, top5)) / 29 == eval_result["acc1"]
+    assert 100 * sum(t in k for t, k in zip(truth, top5)) / 29 == eval_result["acc5"]
+    assert eval_result["acc1"] < eval_result["acc5"], eval_result  # 8 classes: acc5 is its own number
     for r in one_process_rows:
         probs = [p["prob"] for p in r["predictions"]]
-        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
         assert r["error"] is None
+
+
+def test_each_images_prediction_is_its_own(one_process_rows, reference_logits):
+    """Per image, not only in total: predict's top-5 classes and probabilities for each path are the model's
+    output on that image (eval's preprocessing), so a row can't carry another image's prediction."""
+    paths, classes, logits = reference_logits
+    assert [r["path"] for r in one_process_rows] == paths
+    probs = logits.softmax(dim=1)
+    for r, p in zip(one_process_rows, probs):
+        want = p.topk(5)
+        assert [x["class"] for x in r["predictions"]][:1] == [classes[want.indices[0]]], r["path"]
+        assert [x["class"] for x in r["predictions"]] == [classes[i] for i in want.indices.tolist()], r["path"]
+        assert [x["prob"] for x in r["predictions"]] == pytest.approx(want.values.tolist(), abs=1e-5), r["path"]
 
 
 def test_two_processes_write_the_same_rows_in_the_same_order(one_process_rows, trained_checkpoint, imagefolder,
                                                              tmp_path):
     out = tmp_path / "rows.jsonl"
-    proc = distrain("predict", "--checkpoint", trained_checkpoint, imagefolder / "val", "--topk", "3",
+    proc = distrain("predict", "--checkpoint", trained_checkpoint, imagefolder / "val", "--topk", "5",
                     "--gpus", "0", "--procs", "2", "--batch-size", "64", "--output", out)
     assert_ok(proc)
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from slurm_cluster import FINAL_STATES, cluster_available, job_restarts, wait_job
 
 from distrib.config import ConfigError, RunConfig, time_limit_seconds
-from launch import slurm_launch, topology, torchrun
+from launch import torchrun
+from launch.slurm_launch import cpus_per_task
 from slurm.sbatch import SbatchJob, activate_line, render_sbatch
 from slurm.submit import SlurmError, job_state, submission_env, submit
 
@@ -31,15 +33,14 @@ WEIRD = "run dir 'sq' \"dq\" $(touch PWNED) `touch PWNED` ;touch PWNED; %j #h"
 def make(run_dir="/shared/runs/resnet50", gpus=8, procs=8, nodes=2, rank_argv=None, python="/opt/venv/bin/python",
          activate=None, max_restarts=0, env=(), **cfg_kw):
     cfg = RunConfig(nodes=str(nodes), gpus=gpus, synthetic=True, run_dir=run_dir, **cfg_kw)
+    plan = SimpleNamespace(procs_per_node=procs, device="cuda" if gpus else "cpu")
     job = SbatchJob(run_dir=run_dir, job_name="distrain-resnet50", nodes=nodes, gpus_per_node=gpus,
                     procs_per_node=procs, python=python, activate=activate,
+                    cpus_per_task=cpus_per_task(cfg, plan, None)[0] if cfg.cpus_per_gpu else None,  # as the launcher
                     rank_argv=tuple(rank_argv or ("-m", "distrib", "train", f"{run_dir}/config.toml")),
                     node_argv=tuple(torchrun.node_args(procs, "cuda" if gpus else "cpu", max_restarts, run_dir)),
                     endpoint_argv=tuple(torchrun.endpoint_args()), env=env)
     cfg.validate()
-    if cfg.cpus_per_gpu:  # the CPUs the launcher asks for (launch/slurm_launch.py), given to the pure renderer
-        plan = topology.make_plan(dataclasses.replace(cfg, slurm=True), gpus)
-        job = dataclasses.replace(job, cpus_per_task=slurm_launch.cpus_per_task(cfg, plan, None)[0])
     return cfg, job
 
 

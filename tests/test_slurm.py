@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, assert_ok, distrain, metrics, rank_pids
-from slurm_cluster import cluster_available, job_restarts, wait_job
+from slurm_cluster import cluster_available, job_restarts, release_if_pending, wait_job
 
+from distrib.words import position_words
 from slurm.submit import job_state
 
 VAL_IMAGES = 29
@@ -66,17 +67,77 @@ def test_srun_launcher_without_torchrun(imagefolder, tmp_path):
     assert rows[0]["world_size"] == 2 and rows[0]["val_samples"] == VAL_IMAGES
 
 
-def test_preempted_job_checkpoints_requeues_and_resumes(two_rank_run, imagefolder, tmp_path):
-    """USR1 as SLURM sends it before a time limit: stop at a step, last.pt, requeue, resume, finish."""
+# The exact-resume runs on the cluster: 96 train images, batch 4 x world 2 = 12 steps an epoch, so a stop can
+# land mid-epoch, and a progress line every step shows where training is.
+EXACT = ["--nodes", "2", "--gpus", "0", "--procs", "1", "--epochs", "2", "--arch", "resnet18", "--image-size", "32",
+         "--batch-size", "4", "--workers", "1", "--lr", "0.2", "--seed", "0", "--log-interval", "1"]
+STEPS = 12
+STEP_LINE = re.compile(r"epoch (\d+) step (\d+)/(\d+)")
+COMPARED = ("train_loss", "val_loss", "val_acc1", "val_acc5", "val_samples", "lr", "world_size")
+
+
+@pytest.fixture(scope="module")
+def straight_run(imagefolder, tmp_path_factory) -> Path:
+    """The uninterrupted run the interrupted ones must match: the same options, on the same cluster."""
+    run_dir = tmp_path_factory.mktemp("slurm") / "straight"
+    job, _ = submit(*EXACT, "--data", imagefolder, "--run-dir", run_dir)
+    assert wait_job(job, timeout=300) == "COMPLETED", slurm_log(run_dir, job)
+    assert [r["epoch"] for r in metrics(run_dir)] == [0, 1]
+    return run_dir
+
+
+def wait_mid_epoch(run_dir: Path, job: str, attempt: int = 0, timeout: float = 240) -> tuple[int, int]:
+    """Poll rank 0's log until this attempt (0: the first, n: after the n-th resume) is a few steps into an
+    epoch with steps to spare, so that a stop asked now lands mid-epoch; (epoch 1-based, step) seen."""
+    log = run_dir / "logs" / "rank0.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        parts = text.split("resumed from")
+        seen = STEP_LINE.findall(parts[attempt]) if len(parts) == attempt + 1 else []
+        if seen and 1 <= int(seen[-1][1]) <= STEPS - 6:
+            return int(seen[-1][0]), int(seen[-1][1])
+        state = job_state(job)
+        assert state not in ("FAILED", "CANCELLED", "COMPLETED"), (state, slurm_log(run_dir, job))
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job} never reached the middle of an epoch: {slurm_log(run_dir, job)[-3000:]}")
+
+
+def assert_matches_straight(run_dir: Path, request) -> None:
+    """Every epoch as the uninterrupted run's (asked for only now: a test that fails earlier need not wait for it)."""
+    rows, want = metrics(run_dir), metrics(request.getfixturevalue("straight_run"))
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in want] == [0, 1], rows  # none twice, none missed
+    for got, ref in zip(rows, want):
+        for key in COMPARED:
+            assert got[key] == pytest.approx(ref[key], rel=1e-6), (key, got, ref)
+
+
+def assert_stopped_mid_epoch(run_dir: Path, asked_at: tuple[int, int]) -> dict:
+    """last.pt was written at a step boundary inside an epoch, at or after the step the stop was asked at."""
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < ckpt["batch"] < STEPS and ckpt["step"] == ckpt["epoch"] * STEPS + ckpt["batch"], \
+        {k: ckpt[k] for k in ("epoch", "batch", "step")}
+    assert (ckpt["epoch"] + 1, ckpt["batch"]) >= asked_at
+    return ckpt
+
+
+def resumed_at(run_dir: Path, ckpt: dict) -> None:
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    where = position_words(ckpt["epoch"], ckpt["batch"], None)
+    assert re.search(rf"resumed from \S*last\.pt at {re.escape(where)}$", log, re.MULTILINE), log[-3000:]
+    # the first step trained after the resume is the one after the checkpoint's
+    after = STEP_LINE.findall(log.split("resumed from")[-1])
+    assert after and (int(after[0][0]), int(after[0][1])) == (ckpt["epoch"] + 1, ckpt["batch"] + 1), after[:3]
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes(request, imagefolder, tmp_path):
+    """USR1 as SLURM sends it before a time limit: stop mid-epoch at a step, last.pt, requeue, resume at that
+    step, finish with every epoch's metrics those of the uninterrupted run."""
     run_dir = tmp_path / "preempted"
-    job, _ = submit("--nodes", "2", "--gpus", "0", "--procs", "1", "--data", imagefolder, "--epochs", "3",
-                    "--run-dir", run_dir, "--max-requeues", "2", *TINY)
-    deadline = time.monotonic() + 240
-    while not metrics(run_dir) and time.monotonic() < deadline:
-        assert job_state(job) not in ("FAILED", "CANCELLED", "COMPLETED"), slurm_log(run_dir, job)
-        time.sleep(0.2)
+    job, _ = submit(*EXACT, "--data", imagefolder, "--run-dir", run_dir, "--max-requeues", "2")
+    asked_at = wait_mid_epoch(run_dir, job)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
-    lines = []
+    lines, deadline = [], time.monotonic() + 120
     while time.monotonic() < deadline:  # the squeue lines a user would see
         line = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%i %T %r"], capture_output=True,
                               text=True).stdout.strip()
@@ -86,18 +147,67 @@ def test_preempted_job_checkpoints_requeues_and_resumes(two_rank_run, imagefolde
             break
         time.sleep(0.2)
     assert any("PENDING" in line for line in lines), (lines, slurm_log(run_dir, job))
+    ckpt = assert_stopped_mid_epoch(run_dir, asked_at)  # written before the job was requeued
     assert wait_job(job, timeout=300) == "COMPLETED", slurm_log(run_dir, job)
     assert job_restarts(job) == 1
+    assert "requeueing" in slurm_log(run_dir, job)
+    resumed_at(run_dir, ckpt)
+    assert_matches_straight(run_dir, request)
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 2 * STEPS
+
+
+def test_scancel_checkpoints_mid_epoch_stays_cancelled_and_the_same_command_resumes(request, imagefolder, tmp_path):
+    """A plain scancel (SIGTERM) with real training ranks: they stop at a step boundary and rank 0 writes
+    last.pt before SLURM's KillWait; the job stays CANCELLED (no requeue); `distrain status` says stopped and
+    where; the same launch command resumes at that step and ends with the uninterrupted run's metrics."""
+    run_dir = tmp_path / "cancelled"
+    command = (*EXACT, "--data", imagefolder, "--run-dir", run_dir, "--max-requeues", "3")
+    job, _ = submit(*command)
+    asked_at = wait_mid_epoch(run_dir, job)
+    subprocess.run(["scancel", job], check=True)
+    assert wait_job(job, timeout=120, release=False) == "CANCELLED", slurm_log(run_dir, job)
+    assert job_restarts(job) == 0
+    ckpt = assert_stopped_mid_epoch(run_dir, asked_at)
+    assert "stopped at" in (run_dir / "logs" / "rank0.log").read_text()  # the rank's own clean stop
+    assert "requeueing" not in slurm_log(run_dir, job)
+    status = distrain("status", run_dir)
+    assert_ok(status)
+    where = position_words(ckpt["epoch"], ckpt["batch"], STEPS)
+    assert f"{run_dir}: stopped, {ckpt['epoch']} of 2 epochs done, last.pt at {where}; SLURM job {job}: CANCELLED" \
+        in status.stdout, status.stdout
+    again, _ = submit(*command)
+    assert again != job
+    assert wait_job(again, timeout=300) == "COMPLETED", slurm_log(run_dir, again)
+    resumed_at(run_dir, ckpt)
+    assert_matches_straight(run_dir, request)
+
+
+def test_max_requeues_reached_stops_and_says_so(imagefolder, tmp_path):
+    """--max-requeues 1 and two preemptions: the first requeues, the second stops with last.pt and says why
+    in the job log; the job is not requeued again and `distrain status` says stopped, not requeued."""
+    run_dir = tmp_path / "capped"
+    job, _ = submit(*EXACT, "--data", imagefolder, "--run-dir", run_dir, "--max-requeues", "1")
+    wait_mid_epoch(run_dir, job)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    deadline = time.monotonic() + 120
+    while job_restarts(job) == 0 or not release_if_pending(job):  # requeued: start it now, not in ~2 min
+        assert time.monotonic() < deadline, (job_state(job), slurm_log(run_dir, job))
+        time.sleep(0.2)
+    asked_at = wait_mid_epoch(run_dir, job, attempt=1)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    state = wait_job(job, timeout=120, release=False)
     log = slurm_log(run_dir, job)
-    assert "requeueing" in log, log
-    rows = metrics(run_dir)
-    assert [r["epoch"] for r in rows] == [0, 1, 2], rows  # nothing trained twice, nothing missed
-    for resumed, straight in zip(rows, metrics(two_rank_run)):  # same seed, world size 2, step schedule
-        for key in ("train_loss", "val_loss", "val_acc1", "val_samples"):
-            assert resumed[key] == pytest.approx(straight[key], rel=1e-5), (key, resumed, straight)
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["step"] == 3 * 3  # 3 epochs of 3 steps: no step redone, none skipped
-    assert "resumed from" in (run_dir / "logs" / "rank0.log").read_text()
+    assert job_restarts(job) == 1 and state in ("COMPLETED", "FAILED"), (state, log[-3000:])  # not requeued
+    assert log.count(f"requeueing {job} (restart") == 1, log[-3000:]  # the first preemption only
+    assert (f"distrain: not requeueing: 1 requeues done (--max-requeues); resubmit {run_dir}/job.sbatch to resume"
+            in log), log[-3000:]
+    ckpt = assert_stopped_mid_epoch(run_dir, asked_at)
+    status = distrain("status", run_dir)
+    assert_ok(status)
+    where = position_words(ckpt["epoch"], ckpt["batch"], STEPS)
+    assert f"{run_dir}: stopped, {ckpt['epoch']} of 2 epochs done, last.pt at {where}; SLURM job {job}: {state}" \
+        in status.stdout, status.stdout
+    assert "not requeueing: 1 requeues done" in status.stdout  # the log's tail, shown by status
 
 
 def test_failing_rank_ends_the_whole_job(imagefolder, tmp_path):

@@ -56,7 +56,7 @@ def test_checkpoint_loads_weights_only_without_module_prefix(two_rank_run):
     ckpt = torch.load(two_rank_run / "checkpoints" / "last.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert ckpt["epoch"] == 2 and ckpt["batch"] == 0 and ckpt["arch"] == "resnet18"
-    assert ckpt["num_classes"] == 4 and ckpt["classes"] == [f"class{i}" for i in range(4)]
+    assert ckpt["num_classes"] == 8 and ckpt["classes"] == [f"class{i}" for i in range(8)]
     for key in ("optimizer", "scheduler", "scaler", "step", "best_acc1", "config", "rng"):
         assert key in ckpt
     best = torch.load(two_rank_run / "checkpoints" / "best.pt", weights_only=True)
@@ -86,10 +86,11 @@ def test_eval_accuracy_is_identical_for_any_world_size(two_rank_run, imagefolder
                     "--gpus", "0", "--procs", procs, "--json", "--image-size", "32", "--workers", "0")
     assert_ok(proc)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(result) == {"acc1", "acc5", "loss", "samples"}
+    assert set(result) == {"acc1", "acc5", "loss", "samples", "skipped"} and result["skipped"] == 0
     assert result["samples"] == VAL_IMAGES
     last = metrics(two_rank_run)[-1]
     assert result["acc1"] == last["val_acc1"] and result["acc5"] == last["val_acc5"]
+    assert result["loss"] == pytest.approx(last["val_loss"], rel=1e-6)  # a mean over images, not over ranks
 
 
 def test_data_parallel_path_runs_on_cpu(imagefolder, tmp_path):
@@ -129,4 +130,4 @@ def test_mismatched_checkpoint_is_refused(two_rank_run, imagefolder, tmp_path):
     proc = distrain("train", "--data", other, "--resume", ckpt, "--run-dir", tmp_path / "r2",
                     "--device", "cpu", *TINY)
     assert proc.returncode == 2, proc.all
-    assert "has 4 classes but the data has 6" in proc.stderr
+    assert "has 8 classes but the data has 6" in proc.stderr

@@ -137,13 +137,13 @@ def test_freeze_backbone_leaves_it_bit_identical_under_ddp(tmp_path, imagefolder
     proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--weights", tmp_path / "w.pt",
                     "--freeze-backbone", "--head-lr-mult", "10", "--epochs", "1", "--run-dir", run_dir, *TINY)
     assert_ok(proc)
-    assert "replacing classifier fc: 1000 -> 4 classes" in proc.stdout
+    assert "replacing classifier fc: 1000 -> 8 classes" in proc.stdout
     trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     backbone = [k for k in state if not k.startswith("fc.")]
     assert any(k.endswith("running_var") for k in backbone)
     changed = [k for k in backbone if not torch.equal(trained[k], state[k])]
     assert not changed, changed[:5]  # weights, BatchNorm statistics and counters: all as loaded
-    assert trained["fc.weight"].shape == (4, 512)
+    assert trained["fc.weight"].shape == (8, 512)
 
 
 def test_pretrained_offline_without_the_file_is_one_line(tmp_path, imagefolder):
