@@ -296,7 +296,7 @@ def bench(cli: dict,
 # --- data preparation: `distrain pack`, `distrain index` (distrib/data/pack.py, distrib/data/index.py)
 
 @app.command()
-def pack(data: Path = typer.Argument(..., help="ImageFolder root (train/ and val/, or train/ alone)."),
+def pack(data: Path = typer.Argument(..., help="ImageFolder root (train/ and val/, train/ alone, or class folders)."),
          output: Path = typer.Argument(..., help="Folder for the shards (created; an interrupted pack resumes)."),
          shard_size: str = typer.Option("1GB", "--shard-size", metavar="SIZE", help="Image bytes per shard, e.g. 1GB or 256MB."),
          procs: int = typer.Option(1, "--procs", metavar="N", min=1, help="Processes writing shards.")):
@@ -307,7 +307,7 @@ def pack(data: Path = typer.Argument(..., help="ImageFolder root (train/ and val
 
 
 @app.command(name="index")
-def index_command(data: Path = typer.Argument(..., help="ImageFolder root."),
+def index_command(data: Path = typer.Argument(..., help="ImageFolder root (train/ and val/, train/ alone, or class folders)."),
                   val_split: Optional[float] = typer.Option(None, "--val-split", metavar="F", help="As for training: for "
                                                             "data with train/ only."),
                   rebuild: bool = typer.Option(False, "--rebuild", metavar=" ", help="Build it even if it looks current.")):
@@ -319,7 +319,7 @@ def index_command(data: Path = typer.Argument(..., help="ImageFolder root."),
 
 
 @app.command()
-def recipes(name: Optional[str] = typer.Argument(None, help="One recipe (default: all).")):
+def recipes(name: Optional[str] = typer.Argument(None, metavar="NAME", help="One recipe (default: all).")):
     """Named training recipes (--recipe NAME): every option each sets, and where its value comes from."""
     from distrib.config import recipes as r
 
