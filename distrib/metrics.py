@@ -63,6 +63,7 @@ class RunWriter(NullWriter):
 
     def start(self, config: dict, summary: str, resume_epoch: int = 0) -> None:
         self._forget_rows_from(resume_epoch)
+        self.workers = config.get("workers")  # named by the input-bound verdict
         toml_lines = "\n".join(f"    {k} = {v!r}" for k, v in sorted(config.items()))
         self.tb.add_text("config", toml_lines)
         log.info(summary)
@@ -153,7 +154,7 @@ class RunWriter(NullWriter):
                  row["val_acc5"], row["val_samples"], row["images_per_sec"], row["epoch_seconds"])
         if "data_wait_share" in row:
             log.info("%s: %s", epoch_name(row["epoch"]), input_verdict(
-                row["data_wait_share"], self.hparams.get("workers"), row.get("node_cores"), row.get("node_procs")))
+                row["data_wait_share"], getattr(self, "workers", None), row.get("node_cores"), row.get("node_procs")))
         if "val_ema_acc1" in row:
             log.info("epoch %d: EMA val loss %.4f  acc1 %.2f%%  acc5 %.2f%%", row["epoch"] + 1, row["val_ema_loss"],
                      row["val_ema_acc1"], row["val_ema_acc5"])
