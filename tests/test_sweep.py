@@ -86,7 +86,7 @@ def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_unfinished_p
             raise RuntimeError("SLURM cluster is not up: run `bash tests/slurm/cluster.sh up`")
         pytest.skip("no local SLURM cluster (bash tests/slurm/cluster.sh up)")
     sweep = tmp_path / "s"
-    args = ["sweep", "--slurm", "--gpus", "0", "--data", imagefolder, *TINY, "--epochs", "2", "--lr", "0.05,0.2",
+    args = ["sweep", "--slurm", "--gpus", "0", "--data", imagefolder, *TINY, "--epochs", "4", "--lr", "0.05,0.2",
             "--seed", "0,1", "--max-parallel", "2", "--sweep-dir", sweep]
     proc = distrain(*args)
     assert_ok(proc)
@@ -103,9 +103,9 @@ def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_unfinished_p
     while time.monotonic() < deadline:
         now = running()
         most_running = max(most_running, len(now))
-        if not preempted and metrics(sweep / "lr0.05-seed0"):  # task 0 finished an epoch: preempt it
-            subprocess.run(["scancel", "--signal=USR1", "--batch", tasks[0]], check=True)
-            preempted = True
+        if not preempted and metrics(sweep / "lr0.05-seed0") and job_state(tasks[0]) == "RUNNING":
+            # task 0 trained an epoch of its 4: preempt it (as SLURM does before a time limit)
+            preempted = subprocess.run(["scancel", "--signal=USR1", "--batch", tasks[0]]).returncode == 0
         for task in tasks:
             release_if_pending(task, settle=1.0)
         states = [job_state(t) for t in tasks]
@@ -114,7 +114,7 @@ def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_unfinished_p
         time.sleep(0.5)
     assert states == ["COMPLETED"] * 4, (states, list((sweep / "logs").iterdir()))
     assert most_running <= 2
-    assert preempted and [r["epoch"] for r in metrics(sweep / "lr0.05-seed0")] == [0, 1]  # no epoch twice
+    assert preempted and [r["epoch"] for r in metrics(sweep / "lr0.05-seed0")] == [0, 1, 2, 3]  # none twice
     log = (sweep / "logs" / f"slurm-{array}_0.out").read_text()
     assert "requeueing" in log, log
     status = distrain("status", sweep, env={"COLUMNS": "200"})
