@@ -5,6 +5,7 @@ Never imports torch at import time: `distrain --help` and `distrain launch --dry
 
 from __future__ import annotations
 
+import functools
 import shlex
 from pathlib import Path
 from typing import Optional
@@ -82,11 +83,16 @@ def launch(cli: dict, config: Optional[Path] = CONFIG_OPTION,
     raise typer.Exit(code)
 
 
+@functools.cache
+def _launch_command():
+    return typer.main.get_command(app).get_command(None, "launch")  # built once, for every point of a sweep
+
+
 def parse_launch(argv: list[str]) -> tuple[RunConfig, list[str]]:
     """`distrain launch ARGV` as the launch command itself reads it: (the config, the typed command line)."""
     from launch.options import typed_options
 
-    command = typer.main.get_command(app).get_command(None, "launch")
+    command = _launch_command()
     try:
         ctx = command.make_context("launch", list(argv))
     except Exception as e:  # click's usage errors (typer vendors its own click): one line, exit 2

@@ -50,7 +50,8 @@ def choose(data: str, trained: dict, scratch: str) -> Target:
     if os.path.isdir(os.path.join(data, "val")):
         return Target(data, None, f"{os.path.join(data, 'val')}")
     folder = layout.split_dir(data, "train")
-    layout.find_class_dirs(folder) or layout.splits(data, 0.1)  # no class folders at all: its one line
+    if not layout.find_class_dirs(folder):
+        layout.splits(data, 0.1)  # no class folders at all: raises its one line
     view = os.path.join(scratch, "data")
     os.makedirs(view, exist_ok=True)
     for name in ("train", "val"):

@@ -23,7 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import product
 
 from distrib.config import SLURM, TOPOLOGY, ConfigError, RunConfig, option_fields
@@ -242,10 +242,6 @@ def show(sweep_dir: str, out) -> None:
 
 def is_sweep(path: str) -> bool:
     return os.path.isfile(os.path.join(path, SWEEP_TOML))
-
-
-def with_point_run_dirs(cfgs: list[RunConfig], points: list[Point]) -> list[RunConfig]:
-    return [replace(c, run_dir=p.run_dir) for c, p in zip(cfgs, points)]
 
 
 def start(points: list[Point], cfgs: list[RunConfig], typed: list[list[str]], sweep_dir: str, fixed: list[str],

@@ -76,6 +76,15 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """Bad input as promised: exit `code`, no traceback, exactly one line on stderr; returns it."""
+    assert proc.returncode == code, proc.all
+    assert "Traceback" not in proc.all, proc.all
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.all
+    return lines[0]
+
+
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.all[-6000:]}"
 

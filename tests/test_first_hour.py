@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_ok, distrain, metrics
+from conftest import TINY, assert_ok, distrain, metrics, one_line_error
 from imagefolder import make_imagefolder
 
 ONE_PROC = ["--gpus", "0", "--procs", "1", *TINY]
@@ -104,12 +104,6 @@ def test_eval_uses_the_checkpoints_preprocessing_and_matches_training(workdir, f
     assert "--image-size 40 differs from the checkpoint's crop size 32" in proc.stderr
 
 
-def one_line_error(proc, code: int = 2) -> str:
-    assert proc.returncode == code, proc.all
-    assert "Traceback" not in proc.all, proc.all
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.all
-    return lines[0]
 
 
 def test_checkpoint_mistakes_in_eval_are_one_line(workdir, finished, tmp_path):

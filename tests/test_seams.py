@@ -13,19 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_ok, distrain, metrics
+from conftest import assert_ok, distrain, metrics, one_line_error
 from imagefolder import make_downloaded, make_imagefolder
 
 SMALL = ["--gpus", "0", "--arch", "resnet18", "--image-size", "32", "--batch-size", "16", "--workers", "1",
          "--seed", "0", "--lr", "0.2"]
 
 
-def one_line_error(proc, code: int = 2) -> str:
-    assert proc.returncode == code, proc.all
-    assert "Traceback" not in proc.all, proc.all
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.all
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

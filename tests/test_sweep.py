@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_ok, distrain, metrics
+from conftest import TINY, assert_ok, distrain, metrics, one_line_error
 from slurm_cluster import cluster_available, release_if_pending
 
 from slurm.submit import job_state
@@ -18,11 +18,6 @@ from slurm.submit import job_state
 FAST = [*TINY, "--epochs", "1", "--steps-per-epoch", "2"]
 
 
-def one_line_error(proc) -> str:
-    assert proc.returncode == 2 and "Traceback" not in proc.all, proc.all
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.all
-    return lines[0]
 
 
 def test_a_grid_dry_run_names_every_point_and_writes_nothing(imagefolder, tmp_path):
