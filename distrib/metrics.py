@@ -32,6 +32,7 @@ STEP_SCALARS = {  # distrib/runtime/monitor.py's figures -> TensorBoard tag, on 
     "loss_scale": "step/loss_scale", "slowest_ratio": "step/slowest_over_median",
     "max_allocated_gib": "memory/max_allocated_gib", "max_reserved_gib": "memory/max_reserved_gib",
     "alloc_retries": "memory/alloc_retries", "ooms": "memory/ooms", "rss_gib_max": "memory/rss_gib_max",
+    "world_size": "step/world_size",  # an elastic run's throughput and loss change with it: seen on the same axis
 }
 
 

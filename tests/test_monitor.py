@@ -7,12 +7,13 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import TINY, assert_ok, distrain, rank_pids
+from conftest import TINY, assert_ok, distrain, metrics, rank_pids
 from test_tensorboard import free_port, get_json
 
 # 96 train images, 4 per process on 2 processes: 12 steps per epoch, a figure every step
@@ -245,3 +246,130 @@ def test_a_rank_whose_loader_is_starved_is_named_as_the_data_straggler(tmp_path)
     assert proc.returncode in (0, 3), out
     assert isinstance(line, str), out
     assert f"straggler: rank 1 on host {os.uname().nodename}" in line and "waits on data" in line, line
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and every process below it (a node: its launcher, the torchrun agent, the rank, its loader workers)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_logged(args: list[str], log: Path) -> subprocess.Popen:
+    """A node's launch, its output to a file (a pipe nobody reads would fill up during a long wait)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "launch", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+
+
+def live(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "live.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def pending_sigterm(pid: int) -> bool:
+    """Whether pid holds a SIGTERM it has not handled yet (it is stopped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & 1 << (signal.SIGTERM - 1) for mask in masks)
+
+
+def tb_events(run_dir: Path):
+    """The run's event files as TensorBoard's Python reader sees them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return events
+
+
+def test_an_elastic_run_losing_and_regaining_a_node_makes_one_curve(imagefolder, tmp_path):
+    """Two nodes on loopback (1 process each, --nodes 1:2). Every process of node B is killed in epoch 1 (after
+    the points of steps 13-15 are written): A goes on as a world of one from last.pt (step 12). B starts again,
+    and the world is 2 to the end. TensorBoard has one step/loss curve, every step once, and the world size
+    along it is 2, then 1, then 2."""
+    run_dir = tmp_path / "runs" / "elastic"
+    port = free_port()
+    args = ["launch", "--nodes", "1:2", "--gpus", "0", "--procs", "1", "--rdzv-endpoint", f"127.0.0.1:{port}",
+            "--max-restarts", "3", "--data", str(imagefolder), "--run-dir", str(run_dir), "--epochs", "3",
+            *SMALL_STEPS]  # 12 steps an epoch in a world of 2, 24 in a world of 1
+    logs = {name: tmp_path / f"{name}.log" for name in ("a", "b", "b-again")}
+    a = start_logged(args, logs["a"])  # hosts the rendezvous store: on loopback the first agent up binds the port
+    b = b_again = survivor = None
+    try:
+        wait_until(lambda: listening(port) or a.poll() is not None, 120, "node A's rendezvous store")
+        b = start_logged(args, logs["b"])
+        wait_until(lambda: live(run_dir).get("step", 0) >= 15 or a.poll() is not None, 240, "step 15")
+        # points past last.pt (step 12) are on disk before the node is lost: the restart must drop them
+        assert max(e.step for e in tb_events(run_dir).Scalars("step/loss")) >= 15
+        for pid in process_tree(b.pid):  # the node is lost: launcher, agent, rank and loader workers at once
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        b.wait()
+        wait_until(lambda: [r["world_size"] for r in metrics(run_dir)][-1:] == [1] or a.poll() is not None, 240,
+                   "an epoch of the world of one")
+        # A would outrun B's start (seconds of imports) and finish alone: it waits, stopped, until B is back and
+        # A's agent asks its rank to stop for the new round of the rendezvous
+        survivor = rank_pids(run_dir / "config.toml")[0]
+        os.kill(survivor, signal.SIGSTOP)
+        b_again = start_logged(args, logs["b-again"])
+        wait_until(lambda: pending_sigterm(survivor) or b_again.poll() is not None, 240, "the new round")
+        os.kill(survivor, signal.SIGCONT)
+        a.wait(timeout=240)
+        b_again.wait(timeout=240)
+    finally:
+        if survivor:
+            with contextlib.suppress(OSError):
+                os.kill(survivor, signal.SIGCONT)
+        for proc in (a, b, b_again):
+            if proc and proc.poll() is None:
+                proc.kill()
+    out_a, out_b = logs["a"].read_text(), logs["b-again"].read_text()
+    assert a.returncode == 0, out_a[-4000:]
+    assert b_again.returncode == 0, out_b[-4000:]
+    assert "world size changed 2 -> 1" in out_a and "world size changed 1 -> 2" in out_a + out_b
+    rows = metrics(run_dir)
+    assert [(r["epoch"], r["world_size"]) for r in rows] == [(0, 2), (1, 1), (2, 2)], rows
+    last = live(run_dir)["step"]
+
+    with tensorboard(run_dir.parent) as get:
+        run = "elastic/tb"
+        scalar_tags(get, run, {"step/loss", "step/world_size"})
+
+        def points(tag):  # once TensorBoard has read every event file: the run's last step is there
+            found = get(f"/data/plugin/scalars/scalars?tag={tag}&run={run}")
+            return found if found and max(step for _, step, _ in found) == last else None
+        loss = wait_until(lambda: points("step/loss"), 90, "the last step in TensorBoard")
+        sizes = wait_until(lambda: points("step/world_size"), 90, "the last step in TensorBoard")
+    steps = [step for _, step, _ in loss]
+    assert steps == list(range(1, last + 1)), steps  # every step once, in order: the lost points were dropped
+    # TensorBoard's data server drops a restarted tag's points by their step order; its Python reader (where the
+    # data server is missing) only by the purge marker a restarted writer leaves: it must see the same curve
+    assert [e.step for e in tb_events(run_dir).Scalars("step/loss")] == steps
+    assert [step for _, step, _ in sizes] == steps
+    changes = [(step, int(size)) for i, (_, step, size) in enumerate(sizes) if i == 0 or size != sizes[i - 1][2]]
+    assert [size for _, size in changes] == [2, 1, 2], changes
+    assert changes[1][0] == 13, changes  # the world of one went on from last.pt (step 12), not from step 15
