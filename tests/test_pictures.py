@@ -18,10 +18,12 @@ from test_tensorboard import free_port, get_json
 
 @pytest.fixture(scope="module")
 def runs(imagefolder, tmp_path_factory) -> Path:
-    """A folder of two runs: 2 gloo processes with mixup and --profile, and 1 process with another lr."""
+    """A folder of two runs: 2 gloo processes with mixup and --profile on every rank, and 1 process with another
+    lr."""
     folder = tmp_path_factory.mktemp("runs-side-by-side")
     proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "2",
-                    "--run-dir", folder / "mixup", *TINY, "--mixup-alpha", "0.2", "--profile", "1:2")
+                    "--run-dir", folder / "mixup", *TINY, "--mixup-alpha", "0.2", "--profile", "1:2",
+                    "--profile-ranks", "all")
     assert_ok(proc)
     assert "data wait:" in proc.stdout and "aten::" in proc.stdout  # the printed profile table
     runs.profile_stdout = proc.stdout
@@ -86,14 +88,25 @@ def test_tensorboard_shows_the_pictures_and_every_run_in_hparams(runs):
 
 
 def test_the_profile_is_a_chrome_trace_of_training_steps(runs):
-    trace = runs / "mixup" / "profile" / "rank0-trace.json"
-    events = json.loads(trace.read_text())["traceEvents"]
-    names = {e.get("name", "") for e in events}
-    assert sum(n.startswith("ProfilerStep#") for n in names) == 2  # --profile 1:2: two steps
-    assert "aten::convolution_backward" in names and any("DistributedDataParallel" in n for n in names)
-    assert not (runs / "mixup" / "profile" / "rank1-trace.json").exists()  # rank 0 only by default
-    assert "data wait:" in (runs / "mixup" / "profile" / "rank0-top.txt").read_text()
+    for rank in (0, 1):  # --profile-ranks all: each rank traces its own steps, into its own file
+        trace = json.loads((runs / "mixup" / "profile" / f"rank{rank}-trace.json").read_text())
+        assert trace["distributedInfo"]["rank"] == rank and trace["distributedInfo"]["world_size"] == 2
+        names = {e.get("name", "") for e in trace["traceEvents"]}
+        assert sum(n.startswith("ProfilerStep#") for n in names) == 2, rank  # --profile 1:2: two steps
+        assert "aten::convolution_backward" in names and any("DistributedDataParallel" in n for n in names)
+        assert "data wait:" in (runs / "mixup" / "profile" / f"rank{rank}-top.txt").read_text()
     assert not (runs / "plain" / "profile").exists()  # off by default: nothing written
+
+
+def test_the_profile_is_on_rank_0_only_by_default():
+    import torch
+
+    from distrib.config import RunConfig
+    from distrib.report.profile import Profiler
+
+    cfg = RunConfig(synthetic=True, profile="1:2")
+    assert cfg.profile_ranks == "0"
+    assert Profiler.from_config(cfg, 1, torch.device("cpu")) is None
 
 
 def test_status_of_a_runs_folder_is_a_row_per_run(runs):
@@ -146,3 +159,4 @@ def test_a_bad_profile_window_is_one_line(tmp_path, imagefolder):
     proc = distrain("launch", "--gpus", "0", "--data", imagefolder, "--run-dir", tmp_path / "r", "--profile", "5",
                     "--dry-run")
     assert proc.returncode == 2 and "--profile '5' is not START:STEPS" in proc.stderr
+
