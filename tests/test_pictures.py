@@ -160,3 +160,43 @@ def test_a_bad_profile_window_is_one_line(tmp_path, imagefolder):
                     "--dry-run")
     assert proc.returncode == 2 and "--profile '5' is not START:STEPS" in proc.stderr
 
+
+def test_more_classes_than_a_picture_holds_get_the_text_report(tmp_path):
+    """60 classes, past the 50 a confusion image can show: one epoch of training writes the per-class text to
+    TensorBoard and no matrix image; `distrain eval --report` writes every class's row, the 10 most confused
+    pairs and no confusion_matrix.png."""
+    from imagefolder import make_imagefolder
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = make_imagefolder(tmp_path / "sixty", classes=60, train_per_class=2, val_per_class=2, size=16)
+    run_dir = tmp_path / "runs" / "sixty"
+    proc = distrain("train", "--device", "cpu", "--data", data, "--epochs", "1", "--run-dir", run_dir, "--arch",
+                    "resnet18", "--image-size", "16", "--batch-size", "30", "--workers", "0", "--seed", "0")
+    assert_ok(proc)
+    classes = sorted(f"class{i}" for i in range(60))  # ImageFolder's order
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert "pictures/confidently_wrong" in events.Tags()["images"]
+    assert "pictures/confusion_matrix" not in events.Tags()["images"]
+    text = events.Tensors("pictures/per_class/text_summary")[-1].tensor_proto.string_val[0].decode()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    assert [r[0] for r in cells if len(r) == 6][2:] == classes  # the per-class table, under its header and rule
+    assert len([r for r in cells if len(r) == 3][2:]) == 10  # the most confused pairs
+
+    out = tmp_path / "report"
+    proc = distrain("eval", "--checkpoint", run_dir / "checkpoints" / "best.pt", "--data", data, "--gpus", "0",
+                    "--procs", "1", "--report", out, "--json")
+    assert_ok(proc)
+    assert not (out / "confusion_matrix.png").exists()
+    assert (out / "confidently_wrong.png").read_bytes()[:4] == b"\x89PNG"
+    per_class = list(csv.DictReader((out / "per_class.csv").read_text().splitlines()))
+    assert [r["class"] for r in per_class] == classes
+    acc1 = json.loads(proc.stdout.strip().splitlines()[-1])["acc1"]
+    assert sum(int(r["images"]) for r in per_class) == 121  # 2 a class, and class0's extra one
+    assert 100 * sum(int(r["correct"]) for r in per_class) / 121 == pytest.approx(acc1)
+    counts = {(row[0], name): int(n) for row in csv.reader((out / "confusion_counts.csv").read_text().splitlines()[1:])
+              for name, n in zip(classes, row[1:])}
+    wrong = sorted(((-n, classes.index(t), classes.index(p)), (t, p, str(n))) for (t, p), n in counts.items()
+                   if t != p and n)
+    pairs = [tuple(r) for r in csv.reader((out / "confused_pairs.csv").read_text().splitlines()[1:])]
+    assert len(wrong) >= 10 and pairs == [pair for _, pair in wrong[:10]]  # the 10 largest off the diagonal
