@@ -6,18 +6,47 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import TINY, assert_ok, distrain, metrics, one_line_error
 from slurm_cluster import cluster_available, release_if_pending
+from test_tensorboard import free_port, post_json
 
 from slurm.submit import job_state
 
 FAST = [*TINY, "--epochs", "1", "--steps-per-epoch", "2"]
+EVERY_STATUS = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 
+def hparams_of(folder: Path) -> tuple[dict, dict]:
+    """What the real `distrain tensorboard FOLDER` serves to its HPARAMS tab: (the experiment, the session
+    groups by name), once TensorBoard has loaded every run of the folder (it reads them in the background)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(folder), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/data/plugin/hparams"
+    runs = sum(1 for p in folder.iterdir() if (p / "tb").is_dir())
+    groups, deadline = {}, time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            try:
+                experiment = post_json(f"{base}/experiment", {"experimentName": ""})
+                found = post_json(f"{base}/session_groups", {
+                    "experimentName": "", "allowedStatuses": EVERY_STATUS, "colParams": [], "startIndex": 0,
+                    "sliceSize": 100})["sessionGroups"]
+                groups = {g["name"]: g for g in found}
+                if len(groups) >= runs:
+                    return experiment, groups
+            except OSError:
+                pass
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    raise AssertionError(f"TensorBoard showed {sorted(groups)} of {runs} runs in 90 s:\n{out[-2000:]}")
 
 
 def test_a_grid_dry_run_names_every_point_and_writes_nothing(imagefolder, tmp_path):
@@ -71,6 +100,18 @@ def test_a_local_sweep_runs_two_at_once_and_the_same_command_starts_nothing_more
     assert len(rows) == 4 and all("finished" in r for r in rows)
     best = max((metrics(tmp_path / "s" / r)[0]["val_acc1"], r) for r in runs)
     assert best[1] in rows[0] and f"{best[0]:.2f}" in rows[0]  # best first
+    # TensorBoard over the sweep dir: one experiment whose columns include both varied options, and a
+    # session per point holding that point's values and its own final acc1
+    experiment, sessions = hparams_of(tmp_path / "s")
+    assert {"lr", "seed"} <= {h["name"] for h in experiment["hparamInfos"]}
+    assert sorted(sessions) == runs and all(len(g["sessions"]) == 1 for g in sessions.values())
+    for name, group in sessions.items():
+        lr, seed = re.fullmatch(r"lr([\d.]+)-seed(\d)", name).groups()
+        assert (group["hparams"]["lr"], group["hparams"]["seed"]) == (float(lr), int(seed)), group["hparams"]
+        acc1 = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["val/acc1"]
+        assert acc1 == pytest.approx(metrics(tmp_path / "s" / name)[-1]["val_acc1"], abs=1e-4)
+    assert len(list((tmp_path / "s").glob("events.out.tfevents.*distrain-experiment*"))) == 1  # at the root
+    assert not list((tmp_path / "s").glob("*/events.out.tfevents.*distrain-experiment*"))  # none in a run
 
 
 @pytest.mark.slurm
