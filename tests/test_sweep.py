@@ -3,6 +3,7 @@ two-node SLURM cluster (preempt one task, resubmit only what is not complete).""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,10 +16,17 @@ from conftest import TINY, assert_ok, distrain, metrics, one_line_error
 from slurm_cluster import cluster_available, release_if_pending
 from test_tensorboard import free_port, post_json
 
-from slurm.submit import job_state
+from slurm.submit import job_state, max_array_size
 
 FAST = [*TINY, "--epochs", "1", "--steps-per-epoch", "2"]
 EVERY_STATUS = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+def needs_cluster() -> None:
+    if not cluster_available():
+        if os.environ.get("DISTRAIN_REQUIRE_SLURM") == "1":
+            raise RuntimeError("SLURM cluster is not up: run `bash tests/slurm/cluster.sh up`")
+        pytest.skip("no local SLURM cluster (bash tests/slurm/cluster.sh up)")
 
 
 def hparams_of(folder: Path) -> tuple[dict, dict]:
@@ -170,3 +178,31 @@ def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_unfinished_p
     while job_state(f"{job}_3") not in ("COMPLETED", "FAILED", "CANCELLED") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert job_state(f"{job}_3") == "COMPLETED"
+
+
+@pytest.mark.slurm
+def test_a_sweep_past_max_array_size_becomes_several_arrays(imagefolder, tmp_path):
+    needs_cluster()
+    limit = max_array_size()
+    assert limit == 4, f"MaxArraySize is {limit}; tests/slurm/cluster.sh sets 4: run `bash tests/slurm/cluster.sh up`"
+    sweep = tmp_path / "s"
+    # held (never started): what is checked is how the 6 points were submitted, not their training
+    proc = distrain("sweep", "--slurm", "--gpus", "0", "--data", imagefolder, *FAST, "--lr", "0.05,0.1,0.2",
+                    "--seed", "0,1", "--sweep-dir", sweep, "--sbatch-arg=--hold")
+    jobs = re.findall(r"submitted array job (\d+): points (\S+) \((\d) task", proc.stdout)
+    try:
+        assert_ok(proc)
+        assert [(points, n) for _, points, n in jobs] == [("0-3", "4"), ("4-5", "2")], proc.stdout
+        for (job, _, n), script in zip(jobs, ("job-0.sbatch", "job-1.sbatch")):
+            tasks = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i"], capture_output=True, text=True,
+                                   check=False).stdout.split()
+            assert sorted(tasks) == [f"{job}_{i}" for i in range(int(n))]  # every index below MaxArraySize
+            assert f"#SBATCH --array=0-{int(n) - 1}\n" in (sweep / script).read_text()
+        # each point knows its task: the second array's task 1 is point 5
+        names = ["lr0.05-seed0", "lr0.05-seed1", "lr0.1-seed0", "lr0.1-seed1", "lr0.2-seed0", "lr0.2-seed1"]
+        owners = [json.loads((sweep / n / "launch.json").read_text())["job_id"] for n in names]
+        first, second = jobs[0][0], jobs[1][0]
+        assert owners == [f"{first}_{i}" for i in range(4)] + [f"{second}_{i}" for i in range(2)]
+    finally:
+        for job, _, _ in jobs:
+            subprocess.run(["scancel", job], check=False)
