@@ -16,7 +16,7 @@ import pytest
 from conftest import assert_ok, distrain, metrics, one_line_error
 from imagefolder import make_downloaded, make_imagefolder
 
-SMALL = ["--gpus", "0", "--arch", "resnet18", "--image-size", "32", "--batch-size", "16", "--workers", "1",
+SMALL = ["--gpus", "0", "--arch", "resnet18", "--image-size", "32", "--batch-size", "16", "--workers", "0",
          "--seed", "0", "--lr", "0.2"]
 
 
