@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from distrib.paths import RunPaths
@@ -33,20 +34,38 @@ def last_update(path: Path) -> float:
     return max(times, default=os.path.getmtime(path))
 
 
-def row(path: Path, now: float) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class Run:
+    """One run dir's facts, read once, for a row of either table (a runs folder, a sweep)."""
+    state: str            # the one-run view's word: running, finished, stopped, failed, not started
+    rows: list[dict]      # metrics.jsonl, one per finished epoch
+    done: int             # epochs complete (where last.pt is)
+    epochs: int | None    # of how many; None when nothing says
+
+    def best(self, key: str | None = None) -> float | None:
+        """The best of `key` so far; by default what best.pt is chosen by (the EMA's acc1 when it has one)."""
+        if not self.rows:
+            return None
+        key = key or ("val_ema_acc1" if "val_ema_acc1" in self.rows[-1] else "val_acc1")
+        return max(r[key] for r in self.rows)
+
+
+def read_run(path: Path) -> Run:
     from launch.status import state  # the one-run view's state words
 
     paths = RunPaths(str(path))
-    word, _ = state(path)
     rows = rd.metrics_rows(paths)
     where = rd.position(paths) or {}
     cfg = rd.recorded_config(paths)
-    epochs = where.get("epochs") or (cfg.epochs if cfg else None)
-    done = where.get("epoch", len(rows))
-    key = "val_ema_acc1" if rows and "val_ema_acc1" in rows[-1] else "val_acc1"
-    best = f"{max(r[key] for r in rows):.2f}%" if rows else "-"
-    rate = f"{rows[-1]['images_per_sec']:,.0f}" if rows else "-"
-    return (path.name, word, f"{done} of {epochs or '?'}", best, rate, f"{duration(max(now - last_update(path), 0))} ago")
+    return Run(state(path)[0], rows, where.get("epoch", len(rows)), where.get("epochs") or (cfg.epochs if cfg else None))
+
+
+def row(path: Path, now: float) -> tuple[str, ...]:
+    run = read_run(path)
+    best = run.best()
+    rate = f"{run.rows[-1]['images_per_sec']:,.0f}" if run.rows else "-"
+    return (path.name, run.state, f"{run.done} of {run.epochs or '?'}", f"{best:.2f}%" if best is not None else "-",
+            rate, f"{duration(max(now - last_update(path), 0))} ago")
 
 
 def table(folder: Path) -> list[str]:

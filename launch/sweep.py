@@ -217,20 +217,21 @@ def run_here(todo: list[tuple[Point, RunConfig]], fixed: list[str], parallel: in
 
 def show(sweep_dir: str, out) -> None:
     """One row per point: its values, state, epochs done, best acc1, img/s; best first."""
+    from pathlib import Path
+
     from rich.table import Table
 
-    from launch import status
+    from launch.runs_table import read_run
 
     sweep = read_sweep(sweep_dir)
     varied = list(sweep["varied"])
     rows = []
     for p in sweep["points"]:
-        word, _ = status.state(p["run_dir"]) if os.path.isdir(p["run_dir"]) else ("not started", "")
-        metrics = rd.metrics_rows(RunPaths(p["run_dir"]))
-        best = max((r["val_acc1"] for r in metrics), default=None)
-        speed = sum(r["images_per_sec"] for r in metrics) / len(metrics) if metrics else None
-        rows.append((best if best is not None else -1.0, [*(p["values"].get(k, "") for k in varied), word,
-                     str(len(metrics)), f"{best:.2f}" if best is not None else "-",
+        run = read_run(Path(p["run_dir"]))
+        best = run.best("val_acc1")
+        speed = sum(r["images_per_sec"] for r in run.rows) / len(run.rows) if run.rows else None
+        rows.append((best if best is not None else -1.0, [*(p["values"].get(k, "") for k in varied), run.state,
+                     str(len(run.rows)), f"{best:.2f}" if best is not None else "-",
                      f"{speed:,.0f}" if speed else "-", p["name"]]))
     table = Table(title=f"sweep {sweep_dir}: {len(rows)} points", show_lines=False)
     for col in (*(f"--{flag(k)}" for k in varied), "state", "epochs", "best acc1", "img/s", "run dir"):

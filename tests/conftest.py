@@ -4,37 +4,61 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).parent))
 from imagefolder import make_imagefolder  # noqa: E402
 
 # Small enough for 2 CPU cores, big enough to learn: 8 classes (so that acc5 is not always 100% and differs
 # from acc1), 96 train and 29 val images of 32 px (12 and 3 a class; class0 has 8 val images: 29 is prime).
+# --workers 0: a rank's loader workers come from a fork server that imports torch and torchvision again
+# (~4 s of CPU a rank), most of what a tiny run costs; the tests about loading and the user's paths
+# (first hour, README, SLURM) keep workers, and add `--workers 1` after TINY (the last value wins).
 CLASSES = 8
-TINY = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "16", "--workers", "1", "--lr", "0.2",
+TINY = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "16", "--workers", "0", "--lr", "0.2",
         "--seed", "0", "--log-interval", "2"]
+WITH_WORKERS = ["--workers", "1"]
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, made by build(folder) once for the whole test run, whichever xdist worker asks
+    first: the other waits on a file lock in the workers' common base temp, then reads what it made."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # .../pytest-N/, above popen-gw0/ and popen-gw1/
+    folder, done = base / name, base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed on the other worker
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
 def imagefolder(tmp_path_factory) -> Path:
-    return make_imagefolder(tmp_path_factory.mktemp("data") / "imagefolder", classes=CLASSES, train_per_class=12,
-                            val_per_class=3, val_extra=5)
+    return built_once(tmp_path_factory, "data", lambda folder: make_imagefolder(
+        folder / "imagefolder", classes=CLASSES, train_per_class=12, val_per_class=3, val_extra=5)) / "imagefolder"
+
+
+def _two_ranks(imagefolder: Path, folder: Path) -> None:
+    proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "2",
+                    "--run-dir", folder / "two-ranks", *TINY)
+    assert_ok(proc)
+    assert "world 2" in proc.stdout
 
 
 @pytest.fixture(scope="session")
 def two_rank_run(imagefolder, tmp_path_factory) -> Path:
-    """One real run shared by several tests: torchrun, 2 gloo processes, 2 epochs."""
-    run_dir = tmp_path_factory.mktemp("runs") / "two-ranks"
-    proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "2",
-                    "--run-dir", run_dir, *TINY)
-    assert_ok(proc)
-    assert "world 2" in proc.stdout
-    return run_dir
+    """One real run shared by several tests (read, never changed): torchrun, 2 gloo processes, 2 epochs."""
+    return built_once(tmp_path_factory, "two-rank-run", lambda folder: _two_ranks(imagefolder, folder)) / "two-ranks"
 
 
 def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -90,20 +114,38 @@ def assert_ok(proc: subprocess.CompletedProcess) -> None:
 
 
 # --- a trained model for predict/export tests (issue 11)
+def _one_rank(imagefolder: Path, folder: Path) -> None:
+    proc = distrain("train", "--device", "cpu", "--data", imagefolder, "--epochs", "2", "--run-dir",
+                    folder / "one-rank", *TINY)
+    assert_ok(proc)
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(imagefolder, tmp_path_factory) -> Path:
     """One real single-process run (resnet18, 32 px, 2 epochs): the model that predict and export use."""
-    run_dir = tmp_path_factory.mktemp("runs") / "one-rank"
-    proc = distrain("train", "--device", "cpu", "--data", imagefolder, "--epochs", "2", "--run-dir", run_dir, *TINY)
-    assert_ok(proc)
+    run_dir = built_once(tmp_path_factory, "one-rank-run", lambda folder: _one_rank(imagefolder, folder)) / "one-rank"
     return run_dir / "checkpoints" / "last.pt"
 
 
 # Under pytest-xdist (`-n 2`, the README's test command): tests that share one machine-wide resource run in
 # one worker, one after another: the SLURM cluster's two nodes, and the test hosts' network namespaces.
+# These two chains are the longest; they are collected first so that each worker starts with one of them.
+# The modules below build a costly module fixture (trained runs) that their tests then read or extend in
+# order: each runs whole in one worker, so that fixture is built once.
+ONE_WORKER_MODULES = {"test_pictures", "test_first_hour", "test_export", "test_predict", "test_recipes",
+                      "test_seams", "test_shards"}
+CHAINS = ("slurm", "hosts")
+
+
 def pytest_collection_modifyitems(items):
+    group = {}
     for item in items:
         if item.get_closest_marker("slurm") or item.name.startswith("test_cluster_"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+            group[item] = "slurm"
         elif item.module.__name__ == "test_network":
-            item.add_marker(pytest.mark.xdist_group("hosts"))
+            group[item] = "hosts"
+        elif item.module.__name__ in ONE_WORKER_MODULES:
+            group[item] = item.module.__name__
+        if item in group:
+            item.add_marker(pytest.mark.xdist_group(group[item]))
+    items.sort(key=lambda item: CHAINS.index(group[item]) if group.get(item) in CHAINS else len(CHAINS))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, assert_ok, distrain, metrics, rank_pids
+from conftest import TINY, WITH_WORKERS, assert_ok, distrain, metrics, rank_pids
 
 VAL_IMAGES = 29
 
@@ -253,7 +253,7 @@ def test_loader_workers_end_when_their_rank_is_killed(imagefolder, tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "DISTRAIN_TEST_MARK": value}
     rank = subprocess.Popen([sys.executable, "-m", "launch", "train", "--data", str(imagefolder), "--run-dir",
-                             str(run_dir), "--epochs", "50", "--device", "cpu", *TINY], env=env,
+                             str(run_dir), "--epochs", "50", "--device", "cpu", *TINY, *WITH_WORKERS], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = run_dir / "logs" / "rank0.log"
     wait_for(lambda: log.exists() and " step " in log.read_text(), timeout=120, proc=rank)

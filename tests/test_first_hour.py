@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_ok, distrain, metrics, one_line_error
+from conftest import TINY, WITH_WORKERS, assert_ok, distrain, metrics, one_line_error
 from imagefolder import make_imagefolder
 
-ONE_PROC = ["--gpus", "0", "--procs", "1", *TINY]
+ONE_PROC = ["--gpus", "0", "--procs", "1", *TINY, *WITH_WORKERS]  # a user's run has loader workers
 
 
 @pytest.fixture(scope="module")

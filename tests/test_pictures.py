@@ -8,12 +8,11 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import TINY, assert_ok, distrain
-from test_tensorboard import free_port, get_json
+from test_tensorboard import free_port, get_json, post_json
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +30,6 @@ def runs(imagefolder, tmp_path_factory) -> Path:
                     folder / "plain", *[a if a != "0.2" else "0.1" for a in TINY])
     assert_ok(proc)
     return folder
-
-
-def post_json(url: str, body: dict):
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def test_tensorboard_shows_the_pictures_and_every_run_in_hparams(runs):

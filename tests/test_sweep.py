@@ -1,23 +1,61 @@
-"""`distrain sweep`: the grid, its bad input, a local sweep with --parallel, and one job array on the real
-two-node SLURM cluster (preempt one task, resubmit only what is not complete)."""
+"""`distrain sweep`: the grid, its bad input, a local sweep with --parallel (and its HPARAMS in real
+TensorBoard), one job array on the real two-node SLURM cluster (preempt one task, fail another, resubmit only
+that one), and a sweep past the cluster's MaxArraySize split into several arrays."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import TINY, assert_ok, distrain, metrics, one_line_error
 from slurm_cluster import cluster_available, release_if_pending
+from test_tensorboard import free_port, post_json
 
-from slurm.submit import job_state
+from slurm.submit import job_state, max_array_size
 
 FAST = [*TINY, "--epochs", "1", "--steps-per-epoch", "2"]
+EVERY_STATUS = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 
+def needs_cluster() -> None:
+    if not cluster_available():
+        if os.environ.get("DISTRAIN_REQUIRE_SLURM") == "1":
+            raise RuntimeError("SLURM cluster is not up: run `bash tests/slurm/cluster.sh up`")
+        pytest.skip("no local SLURM cluster (bash tests/slurm/cluster.sh up)")
+
+
+def hparams_of(folder: Path) -> tuple[dict, dict]:
+    """What the real `distrain tensorboard FOLDER` serves to its HPARAMS tab: (the experiment, the session
+    groups by name), once TensorBoard has loaded every run of the folder (it reads them in the background)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(folder), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/data/plugin/hparams"
+    runs = sum(1 for p in folder.iterdir() if (p / "tb").is_dir())
+    groups, deadline = {}, time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            try:
+                experiment = post_json(f"{base}/experiment", {"experimentName": ""})
+                found = post_json(f"{base}/session_groups", {
+                    "experimentName": "", "allowedStatuses": EVERY_STATUS, "colParams": [], "startIndex": 0,
+                    "sliceSize": 100})["sessionGroups"]
+                groups = {g["name"]: g for g in found}
+                if len(groups) >= runs:
+                    return experiment, groups
+            except OSError:
+                pass
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    raise AssertionError(f"TensorBoard showed {sorted(groups)} of {runs} runs in 90 s:\n{out[-2000:]}")
 
 
 def test_a_grid_dry_run_names_every_point_and_writes_nothing(imagefolder, tmp_path):
@@ -71,15 +109,42 @@ def test_a_local_sweep_runs_two_at_once_and_the_same_command_starts_nothing_more
     assert len(rows) == 4 and all("finished" in r for r in rows)
     best = max((metrics(tmp_path / "s" / r)[0]["val_acc1"], r) for r in runs)
     assert best[1] in rows[0] and f"{best[0]:.2f}" in rows[0]  # best first
+    # TensorBoard over the sweep dir: one experiment whose columns include both varied options, and a
+    # session per point holding that point's values and its own final acc1
+    experiment, sessions = hparams_of(tmp_path / "s")
+    assert {"lr", "seed"} <= {h["name"] for h in experiment["hparamInfos"]}
+    assert sorted(sessions) == runs and all(len(g["sessions"]) == 1 for g in sessions.values())
+    for name, group in sessions.items():
+        lr, seed = re.fullmatch(r"lr([\d.]+)-seed(\d)", name).groups()
+        assert (group["hparams"]["lr"], group["hparams"]["seed"]) == (float(lr), int(seed)), group["hparams"]
+        acc1 = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["val/acc1"]
+        assert acc1 == pytest.approx(metrics(tmp_path / "s" / name)[-1]["val_acc1"], abs=1e-4)
+    assert len(list((tmp_path / "s").glob("events.out.tfevents.*distrain-experiment*"))) == 1  # at the root
+    assert not list((tmp_path / "s").glob("*/events.out.tfevents.*distrain-experiment*"))  # none in a run
+
+
+def signal_batch_shell(task: str, signal: str) -> None:
+    """One `scancel --signal=SIG --batch` of an array task. SLURM 22.05 delivers the signal but answers "Job can
+    not be altered now" while two or more of the task's siblings are pending, and scancel then retries for
+    ~95 s, delivering the signal again at each try (a second preemption, after the requeue): one try is meant."""
+    proc = subprocess.Popen(["scancel", f"--signal={signal}", "--batch", task])
+    try:
+        proc.wait(timeout=3)  # scancel waits 5 s before its first retry
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def running_steps(task: str) -> list[str]:
+    """The task's srun steps (its torchrun agents and ranks), not its batch shell."""
+    out = subprocess.run(["squeue", "-h", "-s", "-j", task, "-o", "%i"], capture_output=True, text=True,
+                         check=False).stdout
+    return [step for step in out.split() if re.fullmatch(r"[\d_]+\.\d+", step)]
 
 
 @pytest.mark.slurm
-def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_unfinished_points_resubmit(imagefolder,
-                                                                                                 tmp_path):
-    if not cluster_available():
-        if os.environ.get("DISTRAIN_REQUIRE_SLURM") == "1":
-            raise RuntimeError("SLURM cluster is not up: run `bash tests/slurm/cluster.sh up`")
-        pytest.skip("no local SLURM cluster (bash tests/slurm/cluster.sh up)")
+def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_a_failed_point_resubmits(imagefolder, tmp_path):
+    needs_cluster()
     sweep = tmp_path / "s"
     args = ["sweep", "--slurm", "--gpus", "0", "--data", imagefolder, *TINY, "--epochs", "4", "--lr", "0.05,0.2",
             "--seed", "0,1", "--max-parallel", "2", "--sweep-dir", sweep]
@@ -87,12 +152,12 @@ def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_unfinished_p
     assert_ok(proc)
     array = re.search(r"submitted array job (\d+)", proc.stdout).group(1)
     tasks = [f"{array}_{i}" for i in range(4)]
-    most_running, preempted = 0, False
+    most_running, preempted, killed = 0, False, []
     deadline = time.monotonic() + 600
 
     def running() -> list[str]:
         out = subprocess.run(["squeue", "-h", "-r", "-j", array, "-t", "R", "-o", "%i"], capture_output=True,
-                             text=True).stdout
+                             text=True, check=False).stdout
         return out.split()
 
     while time.monotonic() < deadline:
@@ -100,32 +165,71 @@ def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_unfinished_p
         most_running = max(most_running, len(now))
         if not preempted and metrics(sweep / "lr0.05-seed0") and job_state(tasks[0]) == "RUNNING":
             # task 0 trained an epoch of its 4: preempt it (as SLURM does before a time limit)
-            preempted = subprocess.run(["scancel", "--signal=USR1", "--batch", tasks[0]]).returncode == 0
+            signal_batch_shell(tasks[0], "USR1")
+            preempted = True
+        if not killed and (sweep / "lr0.2-seed1" / "position.json").exists() and job_state(tasks[3]) == "RUNNING":
+            # task 3 wrote its first checkpoint: its ranks die (SIGKILL, as the OOM killer does), so the task
+            # ends FAILED with last.pt behind it
+            killed = running_steps(tasks[3])
+            for step in killed:
+                subprocess.run(["scancel", "--signal=KILL", step], check=False)
         for task in tasks:
             release_if_pending(task, settle=1.0)
         states = [job_state(t) for t in tasks]
         if all(s in ("COMPLETED", "FAILED", "CANCELLED") for s in states):
             break
         time.sleep(0.5)
-    assert states == ["COMPLETED"] * 4, (states, list((sweep / "logs").iterdir()))
+    assert killed, "task 3 never ran with a checkpoint written"
+    assert states == ["COMPLETED"] * 3 + ["FAILED"], (states, list((sweep / "logs").iterdir()))
     assert most_running <= 2
     assert preempted and [r["epoch"] for r in metrics(sweep / "lr0.05-seed0")] == [0, 1, 2, 3]  # none twice
     log = (sweep / "logs" / f"slurm-{array}_0.out").read_text()
-    assert "requeueing" in log, log
+    assert log.count("requeueing") == 1, log  # one USR1, one requeue
     status = distrain("status", sweep, env={"COLUMNS": "200"})
-    assert sum("finished" in line for line in status.stdout.splitlines()) == 4, status.stdout
-    # one point made incomplete (its checkpoints lost): the same command resubmits that point alone
-    import shutil
-
-    shutil.rmtree(sweep / "lr0.2-seed1" / "checkpoints")
-    (sweep / "lr0.2-seed1" / "position.json").unlink()
+    names = ["lr0.05-seed0", "lr0.05-seed1", "lr0.2-seed0", "lr0.2-seed1"]
+    rows = {n: [line for line in status.stdout.splitlines() if n in line] for n in names}
+    assert all(len(r) == 1 for r in rows.values()), status.stdout
+    rows = {n: r[0] for n, r in rows.items()}
+    assert sum("finished" in r for r in rows.values()) == 3, status.stdout
+    assert "failed" in rows["lr0.2-seed1"] and "finished" not in rows["lr0.2-seed1"], status.stdout
+    # the same command submits the failed point alone, which resumes from its last.pt and completes
     again = distrain(*args)
     assert_ok(again)
-    assert "to run: 1 (lr0.2-seed1)" in again.stderr and "points 3 (1 task(s)" in again.stdout
-    script = sorted(sweep.glob("job-*.sbatch"))[-1].read_text()
-    assert "#SBATCH --array=3%2" in script
+    assert "complete: 3 (" in again.stderr and "to run: 1 (lr0.2-seed1)" in again.stderr, again.stderr
+    assert "points 3 (1 task(s)" in again.stdout
+    assert "#SBATCH --array=3%2\n" in (sweep / "job-0.sbatch").read_text()
     job = re.search(r"submitted array job (\d+)", again.stdout).group(1)
     deadline = time.monotonic() + 300
     while job_state(f"{job}_3") not in ("COMPLETED", "FAILED", "CANCELLED") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert job_state(f"{job}_3") == "COMPLETED"
+    assert [r["epoch"] for r in metrics(sweep / "lr0.2-seed1")] == [0, 1, 2, 3]
+    assert "resumed from" in (sweep / "logs" / f"slurm-{job}_3.out").read_text()
+
+
+@pytest.mark.slurm
+def test_a_sweep_past_max_array_size_becomes_several_arrays(imagefolder, tmp_path):
+    needs_cluster()
+    limit = max_array_size()
+    assert limit == 4, f"MaxArraySize is {limit}; tests/slurm/cluster.sh sets 4: run `bash tests/slurm/cluster.sh up`"
+    sweep = tmp_path / "s"
+    # held (never started): what is checked is how the 6 points were submitted, not their training
+    proc = distrain("sweep", "--slurm", "--gpus", "0", "--data", imagefolder, *FAST, "--lr", "0.05,0.1,0.2",
+                    "--seed", "0,1", "--sweep-dir", sweep, "--sbatch-arg=--hold")
+    jobs = re.findall(r"submitted array job (\d+): points (\S+) \((\d) task", proc.stdout)
+    try:
+        assert_ok(proc)
+        assert [(points, n) for _, points, n in jobs] == [("0-3", "4"), ("4-5", "2")], proc.stdout
+        for (job, _, n), script in zip(jobs, ("job-0.sbatch", "job-1.sbatch")):
+            tasks = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%i"], capture_output=True, text=True,
+                                   check=False).stdout.split()
+            assert sorted(tasks) == [f"{job}_{i}" for i in range(int(n))]  # every index below MaxArraySize
+            assert f"#SBATCH --array=0-{int(n) - 1}\n" in (sweep / script).read_text()
+        # each point knows its task: the second array's task 1 is point 5
+        names = ["lr0.05-seed0", "lr0.05-seed1", "lr0.1-seed0", "lr0.1-seed1", "lr0.2-seed0", "lr0.2-seed1"]
+        owners = [json.loads((sweep / n / "launch.json").read_text())["job_id"] for n in names]
+        first, second = jobs[0][0], jobs[1][0]
+        assert owners == [f"{first}_{i}" for i in range(4)] + [f"{second}_{i}" for i in range(2)]
+    finally:
+        for job, _, _ in jobs:
+            subprocess.run(["scancel", job], check=False)

@@ -24,6 +24,12 @@ def get_json(url: str):
         return json.loads(response.read())
 
 
+def post_json(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def test_tensorboard_serves_the_runs_scalars_on_loopback(two_rank_run):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(two_rank_run.parent), "--port",

@@ -19,6 +19,8 @@
 #   - JobRequeue=1; a requeued job waits on BeginTime (~2 min); tests release it with
 #     `scontrol update jobid=J StartTime=now`.
 #   - MinJobAge=600: finished jobs stay visible to squeue for 10 minutes (tests read their final state).
+#   - MaxArraySize=4: array indices must stay below 4, so a sweep of more points than that has to become
+#     several arrays (test_sweep.py submits one of 6 points); the 2x2 sweeps' highest index, 3, still fits.
 set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
@@ -78,6 +80,7 @@ ReturnToService=2
 JobRequeue=1
 KillWait=30
 MinJobAge=600
+MaxArraySize=4
 SlurmctldParameters=preempt_send_user_signal
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
