@@ -118,6 +118,9 @@ def test_step_figures_make_one_curve_across_a_stop_and_a_lost_checkpoint(imagefo
         assert all(0 <= value <= 1 for _, _, value in share)
         epoch_share = get(f"/data/plugin/scalars/scalars?tag=train/data_wait_share&run={run}")
         assert [step for _, step, _ in epoch_share] == [0]
+    # TensorBoard's data server keeps a restarted tag in step order by itself; the Python reader shows
+    # whether the lost attempt's points were purged from the files (steps past the checkpoint, written twice)
+    assert [e.step for e in tb_events(run_dir).Scalars("step/loss")] == list(range(1, 13))
 
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 <= row["data_wait_share"] <= 1 and row["node_cores"] >= 1
