@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import TINY, assert_ok, distrain, metrics
@@ -131,3 +135,15 @@ def test_mismatched_checkpoint_is_refused(two_rank_run, imagefolder, tmp_path):
                     "--device", "cpu", *TINY)
     assert proc.returncode == 2, proc.all
     assert "has 8 classes but the data has 6" in proc.stderr
+
+
+def test_status_reads_a_run_with_torch_unimportable(two_rank_run):
+    """`distrain status` on a login node without torch: run-dir files (position.json, outcome.json,
+    metrics.jsonl, live.json) are plain JSON, read by the launcher alone."""
+    code = ("import sys\nsys.modules['torch'] = None  # any `import torch` now fails\n"
+            f"sys.argv = ['distrain', 'status', {str(two_rank_run)!r}]\n"
+            "from launch.cli import main\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "finished, 2 of 2 epochs done" in proc.stdout, proc.stdout
