@@ -168,6 +168,7 @@ def test_a_rank_slowed_by_a_cpu_competitor_is_named_as_the_compute_straggler(ima
         competitor = busy_loop(1)  # rank 1 now gets a tenth of its core
         log = run_dir / "logs" / "rank0.log"
         line = wait_until(lambda: rank1_line(log) or proc.poll() is not None, 240, "a straggler line")
+        running = distrain("status", run_dir)
         (run_dir / "STOP").touch()
         out = proc.communicate(timeout=240)[0]
     finally:
@@ -180,6 +181,7 @@ def test_a_rank_slowed_by_a_cpu_competitor_is_named_as_the_compute_straggler(ima
     host = os.uname().nodename
     assert f"straggler: rank 1 on host {host}" in line and "compute" in line, line
     assert "straggler: rank 1" in out  # rank 0 says it on the console too
+    assert f"{run_dir}: running" in running.stdout and "slowest rank 1" in running.stdout, running.all
 
 
 def processes_of_rank(rank: int, rank_pid: int) -> list[int]:

@@ -230,6 +230,8 @@ def test_a_sweep_past_max_array_size_becomes_several_arrays(imagefolder, tmp_pat
         owners = [json.loads((sweep / n / "launch.json").read_text())["job_id"] for n in names]
         first, second = jobs[0][0], jobs[1][0]
         assert owners == [f"{first}_{i}" for i in range(4)] + [f"{second}_{i}" for i in range(2)]
+        table = distrain("status", sweep, env={"COLUMNS": "200"})  # SLURM's PENDING, in the user's words
+        assert sum(" pending " in line for line in table.stdout.splitlines()) == 6, table.stdout
     finally:
         for job, _, _ in jobs:
             subprocess.run(["scancel", job], check=False)
