@@ -70,14 +70,22 @@ def test_checkpoint_loads_weights_only_without_module_prefix(two_rank_run):
 def test_resume_trains_no_epoch_twice_and_matches(two_rank_run, imagefolder, tmp_path):
     """Stop after epoch 0 (a 1-epoch run), then continue to 2 epochs: the same numbers as one 2-epoch run."""
     run_dir = tmp_path / "resumed"
-    common = ["--gpus", "0", "--procs", "2", "--data", imagefolder, "--run-dir", run_dir, *TINY]
+    base = ["--gpus", "0", "--procs", "2", "--data", imagefolder, *TINY]
+    common = [*base, "--run-dir", run_dir]
     assert_ok(distrain("launch", "--epochs", "1", *common))
+    # --resume PATH: another run dir goes on from that checkpoint file
+    elsewhere = tmp_path / "from-file"
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    from_file = distrain("launch", "--epochs", "2", *base, "--run-dir", elsewhere, "--resume", ckpt)
+    assert_ok(from_file)
+    assert f"resumed from {ckpt} at the end of epoch 1" in from_file.stdout, from_file.stdout
     proc = distrain("launch", "--epochs", "2", *common)
     assert_ok(proc)
     assert "resuming at the end of epoch 1" in proc.stdout
     resumed, straight = metrics(run_dir), metrics(two_rank_run)
     assert [r["epoch"] for r in resumed] == [0, 1]  # epoch 0 was not trained again
-    for a, b in zip(resumed, straight):
+    assert [r["epoch"] for r in metrics(elsewhere)] == [1]
+    for a, b in [*zip(resumed, straight), (metrics(elsewhere)[0], straight[1])]:
         for key in ("train_loss", "val_loss", "val_acc1", "val_acc5", "val_samples", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a, b)
 
