@@ -147,7 +147,8 @@ def pin(pid: int, core: int) -> None:
 def busy_loop(core: int) -> subprocess.Popen:
     """A spinning process on `core` at nice -10: it takes ~90% of that core from a nice-0 rank, so the slowed
     rank stands out even while another test loads the other core."""
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.nice(-10))
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    os.setpriority(os.PRIO_PROCESS, proc.pid, -10)
     os.sched_setaffinity(proc.pid, {core})
     return proc
 
