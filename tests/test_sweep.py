@@ -68,6 +68,21 @@ def test_a_grid_dry_run_names_every_point_and_writes_nothing(imagefolder, tmp_pa
     assert not (tmp_path / "s").exists()
 
 
+def test_a_sample_draws_points_inside_the_ranges_and_the_same_command_draws_the_same(imagefolder, tmp_path):
+    args = ["sweep", "--gpus", "0", "--data", imagefolder, *FAST, "--lr", "loguniform:1e-3:1e-1",
+            "--weight-decay", "uniform:1e-5:1e-4", "--seed", "int:0:9", "--sample", "5", "--sweep-dir",
+            tmp_path / "s", "--dry-run"]
+    first, second = distrain(*args), distrain(*args)
+    assert_ok(first)
+    assert re.search(r"5 points over (--lr|--weight-decay|--seed), (--lr|--weight-decay|--seed), ", first.stderr)
+    points = [dict(re.findall(r"--(lr|weight-decay|seed) (\S+)", line)) for line in first.stdout.splitlines()
+              if line.startswith("point ")]
+    assert len(points) == 5 and first.stdout == second.stdout  # drawn from the command: a rerun resumes them
+    assert all(1e-3 <= float(p["lr"]) <= 1e-1 and 1e-5 <= float(p["weight-decay"]) <= 1e-4 and
+               p["seed"] in {str(i) for i in range(10)} for p in points), points
+    assert len({p["lr"] for p in points}) == 5  # drawn, not one value repeated
+
+
 def test_an_array_script_has_one_task_per_point(imagefolder, tmp_path):
     proc = distrain("sweep", "--slurm", "--gpus", "0", "--data", imagefolder, *FAST, "--lr", "0.05,0.1",
                     "--seed", "0,1", "--max-parallel", "2", "--sweep-dir", tmp_path / "s", "--dry-run",
@@ -205,6 +220,12 @@ def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_a_failed_poi
     assert job_state(f"{job}_3") == "COMPLETED"
     assert [r["epoch"] for r in metrics(sweep / "lr0.2-seed1")] == [0, 1, 2, 3]
     assert "resumed from" in (sweep / "logs" / f"slurm-{job}_3.out").read_text()
+    # the array's points side by side in TensorBoard's HPARAMS: a session per point, lr and seed as columns
+    experiment, sessions = hparams_of(sweep)
+    assert {"lr", "seed"} <= {h["name"] for h in experiment["hparamInfos"]}
+    assert sorted(sessions) == names
+    assert all((g["hparams"]["lr"], g["hparams"]["seed"]) == (float(re.search(r"lr([\d.]+)", n).group(1)),
+                                                              int(n[-1])) for n, g in sessions.items())
 
 
 @pytest.mark.slurm
