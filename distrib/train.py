@@ -284,7 +284,7 @@ def _summary(cfg, env, device, loaders, progress) -> str:
         lines.append(f"  EMA of the weights every {cfg.ema_steps} steps (decay {adjusted_decay(cfg, env.world_size):.6g} "
                      "per update); best.pt is chosen by the EMA's val acc1")
     if progress.epoch or progress.batch:
-        lines.append(f"  resuming at {position_words(progress.epoch, progress.batch // cfg.accum_steps, None).replace(' of ?', '')}")
+        lines.append(f"  resuming at {position_words(progress.epoch, progress.batch // cfg.accum_steps, None)}")
     if progress.world_size and progress.world_size != env.world_size:
         lines.append(f"  world size changed {progress.world_size} -> {env.world_size} since the checkpoint: global "
                      f"batch {cfg.global_batch(progress.world_size)} -> {global_batch}; lr follows it (linear "

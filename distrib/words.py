@@ -27,9 +27,10 @@ def epoch_name(index: int) -> str:
 
 
 def position_words(epoch: int, step: int, steps: int | None) -> str:
-    """Where a run stands: 'the end of epoch 3' (step 0 of the next index) or 'epoch 4, step 18 of 22'."""
+    """Where a run stands: 'the end of epoch 3' (step 0 of the next index) or 'epoch 4, step 18 of 22'
+    ('epoch 4, step 18' when the epoch's length is not known here)."""
     if step:
-        return f"{epoch_name(epoch)}, step {step} of {steps if steps is not None else '?'}"
+        return f"{epoch_name(epoch)}, step {step}" + (f" of {steps}" if steps is not None else "")
     return f"the end of {epoch_name(epoch - 1)}" if epoch else "the start"
 
 
