@@ -329,9 +329,16 @@ def test_an_elastic_run_losing_and_regaining_a_node_makes_one_curve(imagefolder,
         wait_until(lambda: listening(port) or a.poll() is not None, 120, "node A's rendezvous store")
         b = start_logged(args, logs["b"])
         wait_until(lambda: live(run_dir).get("step", 0) >= 15 or a.poll() is not None, 240, "step 15")
+        # B is frozen at once, mid-epoch (A waits for it in the all-reduce), so that the epoch cannot end
+        # while the event files are read: on a loaded machine that read outlasts the epoch's last 9 steps
+        tree = process_tree(b.pid)
+        for pid in tree:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
         # points past last.pt (step 12) are on disk before the node is lost: the restart must drop them
         assert max(e.step for e in tb_events(run_dir).Scalars("step/loss")) >= 15
-        for pid in process_tree(b.pid):  # the node is lost: launcher, agent, rank and loader workers at once
+        assert [r["world_size"] for r in metrics(run_dir)] == [2]  # still in epoch 1
+        for pid in tree:  # the node is lost: launcher, agent, rank and loader workers at once
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         b.wait()
