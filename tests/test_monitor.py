@@ -182,7 +182,9 @@ def test_a_rank_slowed_by_a_cpu_competitor_is_named_as_the_compute_straggler(ima
     host = os.uname().nodename
     assert f"straggler: rank 1 on host {host}" in line and "compute" in line, line
     assert "straggler: rank 1" in out  # rank 0 says it on the console too
-    assert f"{run_dir}: running" in running.stdout and "slowest rank 1" in running.stdout, running.all
+    # the live line names the newest interval's slowest rank (an epoch's end can make it rank 0, which validates
+    # and saves): that it names one is the check; which one is the straggler line's job, above
+    assert f"{run_dir}: running" in running.stdout and "slowest rank " in running.stdout, running.all
 
 
 def processes_of_rank(rank: int, rank_pid: int) -> list[int]:
