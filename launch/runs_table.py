@@ -42,11 +42,11 @@ class Run:
     done: int             # epochs complete (where last.pt is)
     epochs: int | None    # of how many; None when nothing says
 
-    def best(self, key: str | None = None) -> float | None:
-        """The best of `key` so far; by default what best.pt is chosen by (the EMA's acc1 when it has one)."""
+    def best(self) -> float | None:
+        """The best acc1 so far, by what best.pt is chosen by (the EMA's acc1 when it has one)."""
         if not self.rows:
             return None
-        key = key or ("val_ema_acc1" if "val_ema_acc1" in self.rows[-1] else "val_acc1")
+        key = "val_ema_acc1" if "val_ema_acc1" in self.rows[-1] else "val_acc1"
         return max(r[key] for r in self.rows)
 
 

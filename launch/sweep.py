@@ -228,7 +228,7 @@ def show(sweep_dir: str, out) -> None:
     rows = []
     for p in sweep["points"]:
         run = read_run(Path(p["run_dir"]))
-        best = run.best()  # what its best.pt was chosen by, as in a runs folder's table
+        best = run.best()
         speed = sum(r["images_per_sec"] for r in run.rows) / len(run.rows) if run.rows else None
         rows.append((best if best is not None else -1.0, [*(p["values"].get(k, "") for k in varied), run.state,
                      str(len(run.rows)), f"{best:.2f}" if best is not None else "-",
