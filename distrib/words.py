@@ -42,12 +42,15 @@ def input_verdict(share: float, workers: int | None = None, cores: int | None = 
     said = f"the model waited on data {100 * share:.0f}% of step time"
     if share <= INPUT_BOUND_SHARE:
         return f"{said}: not input-bound"
-    more = "more --workers"
+    more, full = "more --workers; ", ""
     if workers is not None and cores and procs:
         spare = max(cores // procs - 1, 0)  # a core per training process, the rest for its loader workers
-        more = (f"more --workers (now {workers} per process; this node has {cores} cores for {procs} training "
-                f"process{'es' if procs > 1 else ''}: up to {spare} each)" if spare > workers else
-                f"not more --workers: {workers} per process already fill this node's {cores} cores for {procs} "
-                f"training process{'es' if procs > 1 else ''}")
-    return (f"{said}: input-bound. Try {more}; --decode device (JPEGs decoded on the GPU, in batches); "
+        processes = f"{procs} training process{'es' if procs > 1 else ''}"
+        if spare > workers:
+            more = (f"more --workers (now {workers} per process; {cores} cores here for {processes}: up to {spare} "
+                    "each); ")
+        else:
+            more, full = "", (f" More --workers would not help: {workers} per process already use all {cores} "
+                              f"cores here for {processes}.")
+    return (f"{said}: input-bound.{full} Try {more}--decode device (JPEGs decoded on the GPU, in batches); "
             "or `distrain pack DATA OUT` (shards read faster than many small files)")

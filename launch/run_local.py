@@ -3,12 +3,14 @@
 A stop request (Ctrl-C, SIGTERM, SIGHUP) touches RUN_DIR/STOP, the same file SLURM's preemption signal
 touches: every rank sees it at the next step boundary, rank 0 writes last.pt, and torchrun ends cleanly.
 torchrun runs in its own session so the terminal's Ctrl-C reaches the launcher alone; a second request
-sends SIGTERM to torchrun, a third kills its whole process group.
+kills its whole process group. If the launcher itself dies (SIGKILL, the OOM killer), torchrun gets SIGTERM
+from the kernel (Linux's parent-death signal): its ranks stop as for a stop request, none trains on unwatched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
 import signal
@@ -42,6 +44,22 @@ def write_launch_record(run_dir: str, record: dict) -> None:
     write_atomic(RunPaths(run_dir).launch_record, record, as_json=True, indent=2)
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _term_when_launcher_dies(launcher: int):
+    """preexec_fn for torchrun: SIGTERM to it when the launcher's thread that started it ends (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, in the launcher: nothing is imported after fork
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != launcher:  # the launcher died before prctl: the signal would never come
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm
+
+
 def run(argv: list[str], env: dict, stop_file: str, say=print, stderr_path: str | None = None
         ) -> tuple[int, list[str]]:
     """Run argv to the end. Returns (exit code, the names of the stop signals received, in order).
@@ -54,7 +72,8 @@ def run(argv: list[str], env: dict, stop_file: str, say=print, stderr_path: str 
         os.makedirs(os.path.dirname(stderr_path), exist_ok=True)
         stderr = open(stderr_path, "ab")
     try:
-        proc = subprocess.Popen(argv, env=env, start_new_session=True, stderr=stderr)
+        proc = subprocess.Popen(argv, env=env, start_new_session=True, stderr=stderr,
+                                preexec_fn=_term_when_launcher_dies(os.getpid()))
     finally:
         if stderr is not None:
             stderr.close()  # the child holds its own copy

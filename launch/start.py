@@ -72,8 +72,11 @@ def say_cleared(removed: list[str], folder: str, out) -> None:
 
 def say_complete(cfg: RunConfig, out) -> int:
     """A finished run launched again: say so, with its summary; nothing is started."""
-    out.print(f"[green]run complete[/]: {cfg.run_dir} has trained all {cfg.epochs} epoch(s); nothing to do "
-              "(raise --epochs to train on, or --overwrite to start again).", soft_wrap=True)
+    trained = (run_dir.position(RunPaths(cfg.run_dir)) or {}).get("epoch", cfg.epochs)
+    done = (f"has trained all {cfg.epochs} epoch(s)" if trained <= cfg.epochs else
+            f"has trained {trained} epochs, more than the {cfg.epochs} asked for")
+    out.print(f"[green]run complete[/]: {cfg.run_dir} {done}; nothing to do "
+              f"(--epochs {trained + 1} or more to train on, or --overwrite to start again).", soft_wrap=True)
     for line in status.summary(cfg.run_dir, cfg.data):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0

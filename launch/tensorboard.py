@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
 import shutil
 import socket
@@ -17,6 +18,14 @@ def tensorboard_argv(runs_dir: Path, port: int, host: str) -> list[str]:
             "--port", str(port), "--reload_interval", "15"]
 
 
+def loopback(host: str) -> bool:
+    """Only this machine can reach it (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
 def on_login_node() -> bool:
     """A cluster login node: SLURM's client is here but this shell is not inside a job."""
     return shutil.which("sbatch") is not None and "SLURM_JOB_ID" not in os.environ
@@ -28,7 +37,7 @@ def serve(runs_dir: Path, port: int, host: str, out, warn) -> int:
                           "(default ./runs)")
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a port number (1-65535)")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not loopback(host):
         warn(f"TensorBoard bound to {host}: anyone who can reach this machine can read your runs")
     out.print(f"TensorBoard over {runs_dir}: [bold]http://{'127.0.0.1' if host == 'localhost' else host}:{port}/[/]",
               soft_wrap=True)

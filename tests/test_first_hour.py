@@ -51,6 +51,9 @@ def test_the_same_command_finds_the_run_and_more_epochs_continue_it(workdir, fin
     assert "resuming at the end of epoch 1" in more.stdout
     assert [p for p in (workdir / "runs").iterdir() if p.is_dir()] == [run_dir]  # the same run dir, not a new one
     assert [r["epoch"] for r in metrics(run_dir)] == [0, 1]  # epoch 0 not trained twice
+    first = distrain(*command, cwd=workdir)  # the 1-epoch command once more: it says what the run holds now
+    assert_ok(first)
+    assert "has trained 2 epochs, more than the 1 asked for" in first.stdout and "--epochs 3 or more" in first.stdout
 
 
 def test_changed_training_math_is_refused_with_each_difference(workdir, finished):

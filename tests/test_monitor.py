@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from conftest import TINY, assert_ok, distrain, metrics, rank_pids
-from test_tensorboard import free_port, get_json
+from test_tensorboard import free_port, get_json, served
 
 # 96 train images, 4 per process on 2 processes: 12 steps per epoch, a figure every step
 SMALL_STEPS = [*TINY, "--batch-size", "4", "--log-interval", "1"]
@@ -64,16 +64,9 @@ def stop_after(args: list[str], run_dir: Path, step: int) -> str:
 
 @contextlib.contextmanager
 def tensorboard(runs_dir: Path):
-    """The real TensorBoard over runs_dir (as tests/test_tensorboard.py starts it); yields get(path)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(runs_dir), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        yield lambda path: get_json(f"http://127.0.0.1:{port}{path}")
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+    """The real TensorBoard over runs_dir (tests/test_tensorboard.py served); yields get(path)."""
+    with served(runs_dir) as server:
+        yield lambda path: get_json(f"{server.base}{path}")
 
 
 def scalar_tags(get, run: str, want: set[str]) -> dict:
@@ -388,3 +381,14 @@ def test_an_elastic_run_losing_and_regaining_a_node_makes_one_curve(imagefolder,
     changes = [(step, int(size)) for i, (_, step, size) in enumerate(sizes) if i == 0 or size != sizes[i - 1][2]]
     assert [size for _, size in changes] == [2, 1, 2], changes
     assert changes[1][0] == 13, changes  # the world of one went on from last.pt (step 12), not from step 15
+
+
+def test_the_input_verdict_asks_for_more_workers_only_where_cores_are_spare():
+    from distrib.words import input_verdict
+
+    assert ("input-bound. Try more --workers (now 1 per process; 16 cores here for 2 training processes: up to 7 "
+            "each); --decode device") in input_verdict(0.34, workers=1, cores=16, procs=2)
+    full = input_verdict(0.34, workers=4, cores=2, procs=2)
+    assert ("input-bound. More --workers would not help: 4 per process already use all 2 cores here for 2 training "
+            "processes. Try --decode device") in full
+    assert input_verdict(0.1, workers=4, cores=2, procs=2).endswith("10% of step time: not input-bound")

@@ -6,13 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import TINY, assert_ok, distrain
-from test_tensorboard import free_port, get_json, post_json
+from test_tensorboard import get_json, post_json, served
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +32,9 @@ def runs(imagefolder, tmp_path_factory) -> Path:
 
 
 def test_tensorboard_shows_the_pictures_and_every_run_in_hparams(runs):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(runs), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    # --host: another loopback address than the default 127.0.0.1, so the option is what makes this answer
+    with served(runs, "--host", "127.0.0.2", host="127.0.0.2") as server:
+        base = server.base
         images, deadline = {}, time.monotonic() + 90
         while time.monotonic() < deadline and {"mixup/tb", "plain/tb"} - set(images):
             try:
@@ -72,9 +69,10 @@ def test_tensorboard_shows_the_pictures_and_every_run_in_hparams(runs):
             assert values["val/acc1"] == pytest.approx(rows[-1]["val_acc1"], abs=1e-4)
             assert values["best/acc1"] == pytest.approx(max(r["val_acc1"] for r in rows), abs=1e-4)
             assert values["run/wall_seconds"] > 0
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True).stdout
+        assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.2:{server.port}"], listening
+    assert f"http://127.0.0.2:{server.port}/" in server.out
+    assert "anyone who can reach" not in server.out  # loopback: no warning
     # one experiment record, at the root of the runs folder; none inside the runs (no add_hparams folders)
     assert len(list(runs.glob("events.out.tfevents.*distrain-experiment*"))) == 1
     assert not [p for p in runs.rglob("*") if p.is_dir() and p.parent.name == "tb"]

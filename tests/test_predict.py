@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from conftest import assert_ok, distrain
+from conftest import CLASSES, assert_ok, distrain
 from imagefolder import corrupt_file
 
 
@@ -103,6 +103,14 @@ def test_unreadable_images_are_error_rows_and_the_run_succeeds(trained_checkpoin
     assert rows[1]["error"] and not rows[1]["class1"]
     assert "cannot read file" in rows[2]["error"]
     assert "2 unreadable" in proc.stderr
+
+
+def test_a_topk_above_the_class_count_gets_a_column_per_class(trained_checkpoint, imagefolder):
+    image = next((imagefolder / "val").rglob("*.jpg"))
+    proc = distrain("predict", "--checkpoint", trained_checkpoint, image, "--topk", "12", "--gpus", "0")
+    assert_ok(proc)
+    header = next(csv.reader(io.StringIO(proc.stdout)))
+    assert header == ["path", *[f"{c}{k}" for k in range(1, CLASSES + 1) for c in ("class", "prob")], "error"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -52,7 +52,9 @@ def test_first_hour_commands_do_what_the_readme_says(tmp_path):
     first, make_digits, train, evaluate, again, status = steps
     assert again == train, "the README's 'same command again' must be the training command, verbatim"
 
-    assert_ok(run(first, tmp_path))
+    synthetic = run(first, tmp_path)
+    assert_ok(synthetic)  # it trains --steps-per-epoch batches of its images per epoch, and says so
+    assert re.search(r"\d+ train \(\d+ of them per epoch: --steps-per-epoch 20\)", synthetic.stdout), synthetic.stdout
     assert_ok(run(make_digits, tmp_path))
     trained = run(train, tmp_path)
     assert_ok(trained)

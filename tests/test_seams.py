@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_ok, distrain, metrics, one_line_error
+from conftest import assert_ok, distrain, metrics, one_line_error, rank_pids
 from imagefolder import make_downloaded, make_imagefolder
 
 SMALL = ["--gpus", "0", "--arch", "resnet18", "--image-size", "32", "--batch-size", "16", "--workers", "0",
@@ -40,8 +40,10 @@ def trained(downloaded, tmp_path_factory) -> Path:
 
 
 def test_class_folders_at_the_root_need_val_split_and_say_so(downloaded, tmp_path):
-    line = one_line_error(distrain("launch", *SMALL, "--data", downloaded, "--run-dir", tmp_path / "r"))
+    fresh = make_downloaded(tmp_path / "fresh photos")
+    line = one_line_error(distrain("launch", *SMALL, "--data", fresh, "--run-dir", tmp_path / "r"))
     assert "holds class folders but no train/ and val/" in line and "--val-split 0.1" in line
+    assert sorted(p.name for p in fresh.iterdir() if p.name.startswith(".")) == []  # no index lock left in DATA
     check = distrain("check", *SMALL, "--data", downloaded, env={"COLUMNS": "200"})
     assert check.returncode == 1
     row = next(line for line in check.stdout.splitlines() if "│ data" in line)
@@ -149,8 +151,12 @@ def test_ctrl_c_twice_stops_at_once_as_a_stop_and_the_same_command_resumes(downl
         # mid-epoch, or the end of an epoch when the second SIGINT cut the mid-epoch save short
         assert "resuming at epoch" in line or "resuming at the end of epoch" in line, line
     finally:
-        os.killpg(resumed.pid, signal.SIGKILL)
+        os.killpg(resumed.pid, signal.SIGKILL)  # the launcher dies (as by the OOM killer) ...
         resumed.wait()
+    deadline = time.monotonic() + 60  # ... and its ranks stop too: none trains on unwatched
+    while rank_pids(run_dir / "config.toml") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not rank_pids(run_dir / "config.toml"), "ranks outlived their launcher"
 
 
 COMMANDS = ["", "launch", "train", "eval", "check", "bench", "status", "predict", "export", "pack", "index",

@@ -8,14 +8,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import TINY, assert_ok, distrain, metrics, one_line_error
 from slurm_cluster import cluster_available, release_if_pending
-from test_tensorboard import free_port, post_json
+from test_tensorboard import post_json, served
 
 from slurm.submit import job_state, max_array_size
 
@@ -33,13 +32,10 @@ def needs_cluster() -> None:
 def hparams_of(folder: Path) -> tuple[dict, dict]:
     """What the real `distrain tensorboard FOLDER` serves to its HPARAMS tab: (the experiment, the session
     groups by name), once TensorBoard has loaded every run of the folder (it reads them in the background)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(folder), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}/data/plugin/hparams"
     runs = sum(1 for p in folder.iterdir() if (p / "tb").is_dir())
     groups, deadline = {}, time.monotonic() + 90
-    try:
+    with served(folder) as server:
+        base = f"{server.base}/data/plugin/hparams"
         while time.monotonic() < deadline:
             try:
                 experiment = post_json(f"{base}/experiment", {"experimentName": ""})
@@ -52,10 +48,7 @@ def hparams_of(folder: Path) -> tuple[dict, dict]:
             except OSError:
                 pass
             time.sleep(0.5)
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0]
-    raise AssertionError(f"TensorBoard showed {sorted(groups)} of {runs} runs in 90 s:\n{out[-2000:]}")
+    raise AssertionError(f"TensorBoard showed {sorted(groups)} of {runs} runs in 90 s:\n{server.out[-2000:]}")
 
 
 def test_a_grid_dry_run_names_every_point_and_writes_nothing(imagefolder, tmp_path):

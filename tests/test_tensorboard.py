@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from types import SimpleNamespace
 
 from conftest import distrain
 
@@ -17,6 +19,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(folder, *options: str, host: str = "127.0.0.1"):
+    """The real `distrain tensorboard FOLDER --port P [options]`, as a user starts it. Yields .base (its URL)
+    and .port; after the block, .out holds what it printed."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(folder), "--port", str(port),
+                             *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    server = SimpleNamespace(base=f"http://{host}:{port}", port=port, out="")
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        server.out = proc.communicate(timeout=30)[0]
 
 
 def get_json(url: str):
@@ -31,16 +49,12 @@ def post_json(url: str, body: dict):
 
 
 def test_tensorboard_serves_the_runs_scalars_on_loopback(two_rank_run):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "launch", "tensorboard", str(two_rank_run.parent), "--port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    with served(two_rank_run.parent) as server:
         run = f"{two_rank_run.name}/tb"  # TensorBoard names a run by its folder under the logdir
         tags, deadline = {}, time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                tags = get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
+                tags = get_json(f"{server.base}/data/plugin/scalars/tags")
                 if run in tags:
                     break
             except OSError:
@@ -48,16 +62,13 @@ def test_tensorboard_serves_the_runs_scalars_on_loopback(two_rank_run):
             time.sleep(0.5)
         run_tags = tags.get(run, {})
         assert {"train/loss", "train/lr", "train/images_per_sec", "val/acc1", "val/acc5", "val/loss"} <= set(run_tags)
-        points = get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?tag=val/acc1&run={run}")
+        points = get_json(f"{server.base}/data/plugin/scalars/scalars?tag=val/acc1&run={run}")
         assert [step for _, step, _ in points] == [0, 1]
         # bound to loopback only: ss shows the listening address
-        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True).stdout
         local_addresses = [line.split()[3] for line in listening.splitlines()]
-        assert local_addresses == [f"127.0.0.1:{port}"], listening
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0]
-    assert f"http://127.0.0.1:{port}/" in out
+        assert local_addresses == [f"127.0.0.1:{server.port}"], listening
+    assert f"http://127.0.0.1:{server.port}/" in server.out
 
 
 def test_tensorboard_refuses_a_missing_runs_dir(tmp_path):

@@ -5,6 +5,7 @@ on a rank and is refused in one line when offline with nothing cached."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -138,6 +139,8 @@ def test_freeze_backbone_leaves_it_bit_identical_under_ddp(tmp_path, imagefolder
                     "--freeze-backbone", "--head-lr-mult", "10", "--epochs", "1", "--run-dir", run_dir, *TINY)
     assert_ok(proc)
     assert "replacing classifier fc: 1000 -> 8 classes" in proc.stdout
+    lr, head = re.search(r"lr (\S+) \(= .*head lr (\S+) \(--head-lr-mult 10\)", proc.stdout).groups()
+    assert float(head) == pytest.approx(10 * float(lr))  # the head's lr is printed beside the backbone's
     trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     backbone = [k for k in state if not k.startswith("fc.")]
     assert any(k.endswith("running_var") for k in backbone)
