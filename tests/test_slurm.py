@@ -131,32 +131,6 @@ def resumed_at(run_dir: Path, ckpt: dict) -> None:
     assert after and (int(after[0][0]), int(after[0][1])) == (ckpt["epoch"] + 1, ckpt["batch"] + 1), after[:3]
 
 
-def test_preempted_job_checkpoints_requeues_and_resumes(request, imagefolder, tmp_path):
-    """USR1 as SLURM sends it before a time limit: stop mid-epoch at a step, last.pt, requeue, resume at that
-    step, finish with every epoch's metrics those of the uninterrupted run."""
-    run_dir = tmp_path / "preempted"
-    job, _ = submit(*EXACT, "--data", imagefolder, "--run-dir", run_dir, "--max-requeues", "2")
-    asked_at = wait_mid_epoch(run_dir, job)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
-    lines, deadline = [], time.monotonic() + 120
-    while time.monotonic() < deadline:  # the squeue lines a user would see
-        line = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%i %T %r"], capture_output=True,
-                              text=True).stdout.strip()
-        if not lines or lines[-1] != line:
-            lines.append(line)
-        if "PENDING" in line:
-            break
-        time.sleep(0.2)
-    assert any("PENDING" in line for line in lines), (lines, slurm_log(run_dir, job))
-    ckpt = assert_stopped_mid_epoch(run_dir, asked_at)  # written before the job was requeued
-    assert wait_job(job, timeout=300) == "COMPLETED", slurm_log(run_dir, job)
-    assert job_restarts(job) == 1
-    assert "requeueing" in slurm_log(run_dir, job)
-    resumed_at(run_dir, ckpt)
-    assert_matches_straight(run_dir, request)
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 2 * STEPS
-
-
 def test_scancel_checkpoints_mid_epoch_stays_cancelled_and_the_same_command_resumes(request, imagefolder, tmp_path):
     """A plain scancel (SIGTERM) with real training ranks: they stop at a step boundary and rank 0 writes
     last.pt before SLURM's KillWait; the job stays CANCELLED (no requeue); `distrain status` says stopped and
@@ -183,18 +157,22 @@ def test_scancel_checkpoints_mid_epoch_stays_cancelled_and_the_same_command_resu
     assert_matches_straight(run_dir, request)
 
 
-def test_max_requeues_reached_stops_and_says_so(imagefolder, tmp_path):
-    """--max-requeues 1 and two preemptions: the first requeues, the second stops with last.pt and says why
-    in the job log; the job is not requeued again and `distrain status` says stopped, not requeued."""
-    run_dir = tmp_path / "capped"
+def test_preempted_job_requeues_up_to_the_cap_and_its_job_sbatch_resumes_exactly(request, imagefolder, tmp_path):
+    """USR1 as SLURM sends it before a time limit, with --max-requeues 1. The first preemption: stop mid-epoch at
+    a step, last.pt, requeue, resume at that step. The second: the cap is reached, the job stops with last.pt
+    and says why; `distrain status` says stopped, not requeued. Resubmitting RUN_DIR/job.sbatch from another
+    folder resumes at that step, and every epoch equals the uninterrupted run's (rel 1e-6)."""
+    run_dir = tmp_path / "preempted"
     job, _ = submit(*EXACT, "--data", imagefolder, "--run-dir", run_dir, "--max-requeues", "1")
-    wait_mid_epoch(run_dir, job)
+    asked_at = wait_mid_epoch(run_dir, job)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     deadline = time.monotonic() + 120
     while job_restarts(job) == 0 or not release_if_pending(job):  # requeued: start it now, not in ~2 min
         assert time.monotonic() < deadline, (job_state(job), slurm_log(run_dir, job))
         time.sleep(0.2)
+    first = assert_stopped_mid_epoch(run_dir, asked_at)  # written before the job was requeued
     asked_at = wait_mid_epoch(run_dir, job, attempt=1)
+    resumed_at(run_dir, first)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     state = wait_job(job, timeout=120, release=False)
     log = slurm_log(run_dir, job)
@@ -202,13 +180,23 @@ def test_max_requeues_reached_stops_and_says_so(imagefolder, tmp_path):
     assert log.count(f"requeueing {job} (restart") == 1, log[-3000:]  # the first preemption only
     assert (f"distrain: not requeueing: 1 requeues done (--max-requeues); resubmit {run_dir}/job.sbatch to resume"
             in log), log[-3000:]
-    ckpt = assert_stopped_mid_epoch(run_dir, asked_at)
+    second = assert_stopped_mid_epoch(run_dir, asked_at)
     status = distrain("status", run_dir)
     assert_ok(status)
-    where = position_words(ckpt["epoch"], ckpt["batch"], STEPS)
-    assert f"{run_dir}: stopped, {ckpt['epoch']} of 2 epochs done, last.pt at {where}; SLURM job {job}: {state}" \
+    where = position_words(second["epoch"], second["batch"], STEPS)
+    assert f"{run_dir}: stopped, {second['epoch']} of 2 epochs done, last.pt at {where}; SLURM job {job}: {state}" \
         in status.stdout, status.stdout
     assert "not requeueing: 1 requeues done" in status.stdout  # the log's tail, shown by status
+
+    elsewhere = tmp_path / "elsewhere"  # job.sbatch runs where it was first submitted from (--chdir)
+    elsewhere.mkdir()
+    sbatch = subprocess.run(["sbatch", run_dir / "job.sbatch"], cwd=elsewhere, capture_output=True, text=True)
+    assert sbatch.returncode == 0, sbatch.stderr
+    again = re.search(r"Submitted batch job (\d+)", sbatch.stdout).group(1)
+    assert wait_job(again, timeout=300) == "COMPLETED", slurm_log(run_dir, again)
+    resumed_at(run_dir, second)
+    assert_matches_straight(run_dir, request)
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 2 * STEPS
 
 
 def test_failing_rank_ends_the_whole_job(imagefolder, tmp_path):
