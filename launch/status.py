@@ -69,14 +69,15 @@ def _input_lines(rows: list[dict], cfg) -> list[str]:
                                                            last.get("node_cores"), last.get("node_procs"))]
 
 
-def live_line(paths: RunPaths, now: float | None = None) -> str | None:
-    """Rank 0's newest step-level figures (RUN_DIR/live.json, every --log-interval steps), in one line."""
+def live_line(paths: RunPaths, now: float | None = None, running: bool = True) -> str | None:
+    """Rank 0's newest step-level figures (RUN_DIR/live.json, every --log-interval steps), in one line; of a
+    run that is not running, the last ones it wrote, without an ETA."""
     import time
 
     f = read_json(paths.live)
     if not f:
         return None
-    parts = [(f"  newest step figures ({duration(max((now or time.time()) - f['time'], 0))} ago): "
+    parts = [(f"  {'newest' if running else 'last'} step figures ({duration(max((now or time.time()) - f['time'], 0))} ago): "
               f"{position_words(f['epoch'], f['batch'], f['batches'])} (global step {f['step']})"),
              f"loss {f['loss']:.4f} (worst rank {f['loss_max']:.4f})" if f.get("loss_max") is not None
              else f"loss {f['loss']:.4f}",
@@ -89,7 +90,8 @@ def live_line(paths: RunPaths, now: float | None = None) -> str | None:
         parts.append(f"memory {f['max_allocated_gib']:.1f} GiB allocated, {f['max_reserved_gib']:.1f} reserved")
     elif f.get("rss_gib_max") is not None:
         parts.append(f"memory {f['rss_gib_max']:.2f} GiB resident (largest rank)")
-    parts.append(f"ETA {duration(f['eta_seconds'])} of training steps")
+    if running:
+        parts.append(f"ETA {duration(f['eta_seconds'])} of training steps")
     return ", ".join(parts)
 
 
@@ -149,7 +151,7 @@ def show(run_dir: Path, out) -> None:
     if where.get("batch"):
         progress += f", last.pt at {position_words(where['epoch'], where['batch'], where.get('batches'))}"
     out.print(f"{run_dir}: [bold]{word}[/], {progress}; {detail}", soft_wrap=True)
-    live = live_line(paths)
+    live = live_line(paths, running=word == "running")
     if live:
         out.print(live, markup=False, highlight=False, soft_wrap=True)
     lines = summary(str(run_dir))

@@ -121,6 +121,7 @@ def test_step_figures_make_one_curve_across_a_stop_and_a_lost_checkpoint(imagefo
     status = distrain("status", run_dir)
     assert_ok(status)
     assert "global step 12" in status.stdout and "img/s" in status.stdout and "data wait" in status.stdout
+    assert "last step figures" in status.stdout and "ETA" not in status.stdout  # a finished run has no ETA
     assert "slowest rank" in status.stdout and "GiB resident" in status.stdout
     assert "of step time" in status.stdout  # the summary repeats the verdict
 
@@ -178,6 +179,7 @@ def test_a_rank_slowed_by_a_cpu_competitor_is_named_as_the_compute_straggler(ima
     # the live line names the newest interval's slowest rank (an epoch's end can make it rank 0, which validates
     # and saves): that it names one is the check; which one is the straggler line's job, above
     assert f"{run_dir}: running" in running.stdout and "slowest rank " in running.stdout, running.all
+    assert "newest step figures" in running.stdout and "of training steps" in running.stdout  # with its ETA
 
 
 def processes_of_rank(rank: int, rank_pid: int) -> list[int]:
