@@ -77,7 +77,8 @@ def live_line(paths: RunPaths, now: float | None = None, running: bool = True) -
     f = read_json(paths.live)
     if not f:
         return None
-    parts = [(f"  {'newest' if running else 'last'} step figures ({duration(max((now or time.time()) - f['time'], 0))} ago): "
+    age = duration(max((now or time.time()) - f["time"], 0))
+    parts = [(f"  {'newest' if running else 'last'} step figures ({age} ago): "
               f"{position_words(f['epoch'], f['batch'], f['batches'])} (global step {f['step']})"),
              f"loss {f['loss']:.4f} (worst rank {f['loss_max']:.4f})" if f.get("loss_max") is not None
              else f"loss {f['loss']:.4f}",
