@@ -79,9 +79,12 @@ def render_sbatch(cfg: RunConfig, job: SbatchJob) -> str:
     lines += [
         "# srun stopped inheriting --cpus-per-task in Slurm 22.05",
         'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"; fi',
-        # the torchrun layout's node payload sets OMP_NUM_THREADS itself (launch/torchrun.py rank_env)
-        *([f"OMP_NUM_THREADS=$(( ${{SLURM_CPUS_ON_NODE:-1}} / {procs} ))",
-           "export OMP_NUM_THREADS=$(( OMP_NUM_THREADS > 0 ? OMP_NUM_THREADS : 1 ))"] if srun_launch else []),
+        # srun's ranks: distrib/runtime/env.py omp_threads in shell (the node's cores shared by its processes, at
+        # least 1; a value of your own wins). The torchrun layout's node payload calls omp_threads itself.
+        *(['if [ -z "${OMP_NUM_THREADS:-}" ]; then',
+           f"  OMP_NUM_THREADS=$(( ${{SLURM_CPUS_ON_NODE:-1}} / {procs} ))",
+           "  export OMP_NUM_THREADS=$(( OMP_NUM_THREADS > 0 ? OMP_NUM_THREADS : 1 ))",
+           "fi"] if srun_launch else []),
         "export PYTHONUNBUFFERED=1",
         *(["# Flight Recorder: a collective that times out leaves a trace (a value of your own wins)"]
           + [f'[ -n "${{{k}+x}}" ] || export {k}={shlex.quote(v)}' for k, v in job.env] if job.env else []),

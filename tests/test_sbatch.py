@@ -314,6 +314,15 @@ def test_srun_layout_runs_every_rank(stubs):
     assert (rank_env["MASTER_ADDR"], rank_env["MASTER_PORT"], rank_env["OMP_NUM_THREADS"]) == ("n1", "32345", "1")
 
 
+def test_srun_layout_keeps_the_users_own_omp_num_threads(stubs):
+    tmp_path, log, python, run_dir, env = stubs
+    cfg, job = make(run_dir=str(run_dir), gpus=2, procs=2, python=str(python), launcher="srun")
+    proc = _start(tmp_path, render_sbatch(cfg, job), {**env, "STUB_TASKS_PER_NODE": "2", "SLURM_CPUS_ON_NODE": "8",
+                                                      "OMP_NUM_THREADS": "3"})
+    assert proc.communicate(timeout=30)[0] is not None and proc.returncode == 0
+    assert _env(log / "python.1.1.env")["OMP_NUM_THREADS"] == "3"  # as the torchrun layout's omp_threads does
+
+
 @pytest.mark.parametrize("sig,restart_count,requeued", [
     (signal.SIGUSR1, None, True), (signal.SIGUSR1, "2", True), (signal.SIGUSR1, "3", False),  # the cap is 3
     (signal.SIGTERM, None, False),  # scancel: stop and checkpoint, but stay cancelled
