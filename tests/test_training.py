@@ -108,10 +108,12 @@ def test_eval_accuracy_is_identical_for_any_world_size(two_rank_run, imagefolder
 def test_data_parallel_path_runs_on_cpu(imagefolder, tmp_path):
     run_dir = tmp_path / "dp"
     proc = distrain("launch", "--strategy", "dp", "--gpus", "0", "--data", imagefolder, "--epochs", "1",
-                    "--steps-per-epoch", "2", "--run-dir", run_dir, *TINY)
+                    "--steps-per-epoch", "2", "--run-dir", run_dir, *TINY, "--optimizer", "rmsprop")
     assert_ok(proc)
-    assert "strategy dp" in proc.stdout
+    assert "strategy dp" in proc.stdout and "optimizer rmsprop" in proc.stdout
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    state = ckpt["optimizer"]["state"]  # RMSprop's own state, saved for the resume
+    assert state and all("square_avg" in s for s in state.values()) and "alpha" in ckpt["optimizer"]["param_groups"][0]
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert metrics(run_dir)[0]["val_samples"] == VAL_IMAGES
 
@@ -121,8 +123,11 @@ def test_corrupt_jpeg_is_skipped_counted_and_logged(tmp_path):
     bad = corrupt_file(data / "train" / "class1" / "0003.jpg", "truncated")
     corrupt_file(data / "val" / "class2" / "0001.jpg", "text")
     run_dir = tmp_path / "run"
-    proc = distrain("train", "--data", data, "--epochs", "1", "--run-dir", run_dir, "--device", "cpu", *TINY)
+    proc = distrain("train", "--data", data, "--epochs", "1", "--run-dir", run_dir, "--device", "cpu", *TINY,
+                    "--optimizer", "nesterov")
     assert_ok(proc)
+    groups = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert all(g["nesterov"] and g["momentum"] > 0 for g in groups)  # --optimizer nesterov: SGD with Nesterov
     row = metrics(run_dir)[0]
     assert row["skipped_images"] == 2
     assert row["val_samples"] == VAL_IMAGES - 1
