@@ -16,8 +16,6 @@ import json
 import os
 import time
 
-from tensorboard.plugins.hparams import summary_v2 as hp
-
 from distrib.config import RunConfig
 from distrib.config.fields import TRAINING
 
@@ -40,11 +38,19 @@ def columns() -> dict[str, type]:
     return {**out, **EXTRA}
 
 
+def _hp():
+    """TensorBoard's hparams API: 0.3 s of imports that only rank 0, which writes these records, pays."""
+    from tensorboard.plugins.hparams import summary_v2
+
+    return summary_v2
+
+
 def _domain(kind: type):
-    return hp.Discrete([False, True]) if kind is bool else None  # numbers and names: any value
+    return _hp().Discrete([False, True]) if kind is bool else None  # numbers and names: any value
 
 
 def experiment_pb():
+    hp = _hp()
     hparams = [hp.HParam(name, _domain(kind)) for name, kind in columns().items()]
     metrics = [hp.Metric(tag, display_name=title) for tag, title in METRICS]
     return hp.hparams_config_pb(hparams=hparams, metrics=metrics, time_created_secs=0)
@@ -80,7 +86,7 @@ def session_values(config: dict, world_size: int) -> dict:
 
 
 def write_session_start(tb, config: dict, world_size: int, trial: str) -> None:
-    tb.file_writer.add_summary(hp.hparams_pb(session_values(config, world_size), trial_id=trial,
+    tb.file_writer.add_summary(_hp().hparams_pb(session_values(config, world_size), trial_id=trial,
                                              start_time_secs=int(time.time())))
     tb.flush()
 

@@ -42,6 +42,7 @@ class Heartbeat:
     def __init__(self, env: DistEnv, timeout_s: int, run_dir: str):
         self.env, self.timeout_s, self.run_dir, self.store = env, timeout_s, run_dir, None
         self.stack_path = self.trace_path = self._stack_fh = self._probe = None
+        self._beat_at = time.monotonic()
         paths = RunPaths(run_dir)
         if env.is_distributed and env.world_size > 1 and "MASTER_ADDR" in os.environ:
             master = os.environ["MASTER_ADDR"]
@@ -72,6 +73,7 @@ class Heartbeat:
     def beat(self, step: int) -> None:
         if self.store is not None:
             self.store.set(str(self.env.rank), str(step))
+            self._beat_at = time.monotonic()
             faulthandler.dump_traceback_later(self.timeout_s, file=self._stack_fh)
 
     def pause(self) -> None:
@@ -102,7 +104,10 @@ class Heartbeat:
         never says so is not waiting in the collective at all; it is the one that hangs.
         """
         text = str(error).lower()
-        if self.store is None or not ("timed out" in text or "timeout" in text):
+        if self.store is None:
+            return None
+        if not ("timed out" in text or "timeout" in text):
+            self._write_overdue_stack(error)
             return None
         self._write_evidence(error)
         try:
@@ -125,6 +130,18 @@ class Heartbeat:
                    f"still run), its log: logs/rank{first}.log")
         self._write_explanation(message)
         return HungRankError(message)
+
+    def _write_overdue_stack(self, error: Exception) -> None:
+        """A rank that was stopped past --dist-timeout and then continued finds its peers gone: its first
+        act may be this error, before the faulthandler timer's thread runs. Its stack then comes from here."""
+        self.pause()
+        stuck_s = time.monotonic() - self._beat_at
+        if self._stack_fh is None or stuck_s <= self.timeout_s or os.path.getsize(self.stack_path) > 0:
+            return
+        self._stack_fh.write(f"Timeout: rank {self.env.rank} made no step for {stuck_s:.0f} s (--dist-timeout "
+                             f"{self.timeout_s}); where it was when it continued, and what it met then:\n")
+        self._stack_fh.writelines(traceback.format_exception(error))
+        self._stack_fh.flush()
 
     def _write_evidence(self, error: Exception) -> None:
         """This rank's stacks and error, and its Flight Recorder trace, under RUN_DIR/logs/hang/."""
