@@ -12,6 +12,7 @@ import sys
 
 from distrib.config import ConfigError, read_run_config
 from distrib.data import workers
+from distrib.runtime import quick_exit
 from distrib.runtime.failure import reported_failures
 
 BAD_INPUT_EXIT = 2
@@ -59,4 +60,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    quick_exit.leave(main(sys.argv[1:]))  # an exception still ends as usual: traceback, teardown, exit 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import shlex
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from distrib.config import RUNTIME, SLURM, TOPOLOGY, TRAINING, ConfigError, RunConfig, resolve
+from distrib.runtime import quick_exit
 from launch import archs
 from launch.console import err, error, out, warn
 from launch.options import command_line, run_options
@@ -367,8 +369,13 @@ def main() -> None:
         if message:  # (bare `distrain` shows the help and has nothing to add)
             hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
             error(f"{message}{hint}")
-        raise SystemExit(getattr(e, "exit_code", 2)) from None
-    raise SystemExit(code if isinstance(code, int) else 0)
+        code = getattr(e, "exit_code", 2)
+    except SystemExit as e:
+        code = e.code
+    code = code if isinstance(code, (int, str)) else 0
+    if "torch" in sys.modules:  # a tool ran here (train, eval, export, bench...): no 1.4 s teardown
+        quick_exit.leave(code)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class Rendezvous:
     nnodes: str      # "N" or "MIN:MAX"
     endpoint: str    # HOST:PORT
     run_id: str
+    last_call_s: int | None = None  # elastic: how long a round waits for more nodes once MIN have joined
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,14 @@ def torchrun_argv(python: str, procs: int, log_dir: str, module_args: list[str],
     else:
         argv += ["--nnodes", rdzv.nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv.endpoint,
                  "--rdzv-id", rdzv.run_id]
-    if rdzv is not None and node is not None:
-        # torchrun guesses both from the hostname; on a node whose name resolves to loopback or to another
-        # NIC it guesses wrong (no store host at all, or workers looking for the store at "localhost").
-        argv += ["--rdzv-conf", f"is_host={int(node.is_host)}"]
-        argv += ["--local-addr", node.local_addr] if node.local_addr else []
+    # torchrun guesses both is_host and the local address from the hostname; on a node whose name resolves to
+    # loopback or to another NIC it guesses wrong (no store host at all, or workers looking for the store at
+    # "localhost").
+    conf = [f"is_host={int(node.is_host)}"] if rdzv is not None and node is not None else []
+    conf += [f"last_call_timeout={rdzv.last_call_s}"] if rdzv is not None and rdzv.last_call_s is not None else []
+    argv += ["--rdzv-conf", ",".join(conf)] if conf else []
+    if rdzv is not None and node is not None and node.local_addr:
+        argv += ["--local-addr", node.local_addr]
     argv += ["--nproc-per-node", str(procs), "--max-restarts", str(max_restarts),
              "--log-dir", log_dir, "--redirects", LOG_REDIRECTS]
     return argv + ["-m", "distrib", *module_args]
@@ -78,7 +82,9 @@ def plan_argv(plan: Plan, cfg: RunConfig, python: str, node: NodeRole | None = N
     if plan.mode == "salloc":
         return salloc_argv(plan.max_nodes, python,
                            node_args(plan.procs_per_node, plan.device, cfg.max_restarts, cfg.run_dir))
-    rdzv = Rendezvous(plan.nnodes, plan.rdzv_endpoint, plan.rdzv_id) if plan.mode == "c10d" else None
+    elastic = plan.min_nodes < plan.max_nodes
+    rdzv = Rendezvous(plan.nnodes, plan.rdzv_endpoint, plan.rdzv_id, cfg.rdzv_last_call if elastic else None) \
+        if plan.mode == "c10d" else None
     return torchrun_argv(python, plan.procs_per_node, paths.torchrun_logs, ["train", paths.config],
                          cfg.max_restarts, rdzv, node)
 

@@ -67,6 +67,10 @@ def test_single_node_is_standalone_and_elastic_nodes_pass_through():
     out = invoke("launch", "--nodes", "1:4", "--gpus", "2", "--rdzv-endpoint", "10.0.0.1:29400", "--max-restarts",
                  "3", "--synthetic", "--run-dir", "/r", "--dry-run").stdout
     assert "--nnodes 1:4" in out and "--max-restarts 3" in out
+    assert "last_call_timeout=30 " in out  # torchrun's own default, said; the option changes it
+    out = invoke("launch", "--nodes", "1:4", "--gpus", "2", "--rdzv-endpoint", "10.0.0.1:29400", "--rdzv-last-call",
+                 "5", "--synthetic", "--run-dir", "/r", "--dry-run").stdout
+    assert "last_call_timeout=5 " in out
 
 
 def test_config_file_precedence(tmp_path):

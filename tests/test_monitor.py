@@ -318,6 +318,7 @@ def test_an_elastic_run_losing_and_regaining_a_node_makes_one_curve(imagefolder,
     port = free_port()
     args = ["launch", "--nodes", "1:2", "--gpus", "0", "--procs", "1", "--rdzv-endpoint", f"127.0.0.1:{port}",
             "--max-restarts", "3", "--data", str(imagefolder), "--run-dir", str(run_dir), "--epochs", "3",
+            "--rdzv-last-call", "15",  # B's start (imports) fits in it; the world of one forms 15 s after the loss
             *SMALL_STEPS]  # 12 steps an epoch in a world of 2, 24 in a world of 1
     logs = {name: tmp_path / f"{name}.log" for name in ("a", "b", "b-again")}
     a = start_logged(args, logs["a"])  # hosts the rendezvous store: on loopback the first agent up binds the port

@@ -21,6 +21,7 @@ from netns import NetHosts, unavailable
 VAL_IMAGES = 29
 PORT = "29500"  # inside host A's own network stack: no clash with anything else on the machine
 TIMEOUT = "20"  # --dist-timeout: seconds a collective waits for a lost host
+LAST_CALL = "10"  # --rdzv-last-call: A and B start together; a world of one forms 10 s after a loss, not 30
 
 
 
@@ -63,7 +64,7 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
 def elastic_pair(a, b, run_dir: Path, data, epochs: int, logs: tuple[Path, ...]):
     """A and B start an elastic run (--nodes 1:2, two restarts allowed); returns once epoch 0 is done."""
     args = launch_args(a, run_dir, data, "--nodes", "1:2", "--max-restarts", "2", "--epochs", str(epochs),
-                       "--dist-timeout", TIMEOUT)
+                       "--dist-timeout", TIMEOUT, "--rdzv-last-call", LAST_CALL)
     pa, pb = a.distrain(*args, log=logs[0]), b.distrain(*args, log=logs[1])
     wait_for(lambda: metrics(run_dir), 180, pa, pb, logs=logs)
     return args, pa, pb

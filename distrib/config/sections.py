@@ -39,6 +39,8 @@ class TopologyOptions:
                                     form=endpoint_form)
     max_restarts: int = opt(0, TOPOLOGY, "Times torchrun restarts a failed worker group (it resumes from last.pt).",
                             min=0)
+    rdzv_last_call: int = opt(30, TOPOLOGY, "Elastic --nodes MIN:MAX: seconds a rendezvous waits for more nodes "
+                              "once MIN have joined (torchrun's last call).", min=1)
     dist_timeout: int = opt(600, TOPOLOGY, "Seconds a collective may wait before the run fails naming the rank.",
                             min=1)
 

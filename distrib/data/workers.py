@@ -30,7 +30,8 @@ import time
 
 # What every worker needs, imported once in the server. torchvision.io (decode_jpeg) by name: importing
 # torchvision pulls in torch._dynamo and triton, ~100 MB that each worker would otherwise import for itself.
-PRELOAD = ["distrib.data.loaders", "torchvision.io"]
+# fork_server: the server's own quick exit (distrib/runtime/quick_exit.py).
+PRELOAD = ["distrib.data.loaders", "torchvision.io", "distrib.data.fork_server"]
 
 
 def available() -> bool:
