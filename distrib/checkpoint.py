@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from distrib.config import ConfigError
-from distrib.files import atomic_file, write_atomic
+from distrib.files import atomic_file, same_bytes_atomic, write_atomic
 from distrib.words import position_words
 
 LOW_SPACE_BYTES = 64 * 2**20
@@ -50,6 +50,14 @@ def save_atomic(state: dict, path: str) -> None:
             raise CheckpointError(f"disk full while saving {path} ({free / 2**20:.1f} MiB free); the previous "
                                   "checkpoint is intact. Free space on that filesystem or use another --run-dir"
                                   ) from None
+        raise CheckpointError(f"could not save {path}: {e}; the previous checkpoint is intact") from None
+
+
+def link_atomic(source: str, path: str) -> None:
+    """path holds what source holds (best.pt: the last.pt just saved), without serialising it again."""
+    try:
+        same_bytes_atomic(source, path)
+    except OSError as e:
         raise CheckpointError(f"could not save {path}: {e}; the previous checkpoint is intact") from None
 
 
@@ -207,8 +215,8 @@ class Checkpointer:
                     "classes": self.classes, "config": self.cfg.to_toml_dict(), "rng": rng_state(),
                     "preprocessing": Preprocessing.from_config(self.cfg).as_dict()}
             save_atomic(ckpt, self.paths.last)
-            if best:
-                save_atomic(ckpt, self.paths.best)
+            if best:  # the same bytes: a second name of last.pt, not a second serialisation and fsync
+                link_atomic(self.paths.last, self.paths.best)
             progress = state.progress
             write_position(self.paths, epoch=progress.epoch, batch=progress.batch // self.cfg.accum_steps,
                            epochs=self.cfg.epochs, batches=self.steps_per_epoch)

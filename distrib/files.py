@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from typing import IO, Iterator
 
 
@@ -40,6 +41,25 @@ def atomic_file(path: str, mode: str = "w", fsync: bool = False, hidden: bool = 
         raise
     if fsync:
         fsync_dir(os.path.dirname(path) or ".")
+
+
+def same_bytes_atomic(source: str, path: str) -> None:
+    """path becomes a second name of the file source (a hard link, renamed into place: no second write of the
+    bytes); where the filesystem has no hard links, a copy, written atomically. Safe because every writer here
+    replaces a file by rename, never in place: a later save of source leaves path's bytes alone."""
+    tmp = temp_path(path, hidden=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links here (some network and FUSE filesystems)
+        with open(source, "rb") as src, atomic_file(path, "wb", fsync=True, hidden=True) as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 def write_atomic(path: str, data, as_json: bool = False, indent: int | None = None, fsync: bool = False,

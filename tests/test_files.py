@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from distrib.files import atomic_file, read_json, write_atomic
+from distrib.files import atomic_file, read_json, same_bytes_atomic, write_atomic
 from distrib.runtime.env import cpu_cores, omp_threads
 from distrib.words import duration, flag
 
@@ -31,6 +31,23 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temp_file(tmp_path):
             fh.write('{"state": "fin')
             raise RuntimeError("disk gone")
     assert read_json(path) == {"state": "running"} and os.listdir(tmp_path) == ["outcome.json"]
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_best_pt_is_last_pt_s_bytes_and_keeps_them_when_last_pt_is_saved_again(tmp_path, monkeypatch, links):
+    """best.pt is a second name of last.pt (or, without hard links, a copy); the next save of last.pt (a rename
+    of a new file, as every writer here does) leaves best.pt's bytes as they were."""
+    last, best = str(tmp_path / "last.pt"), str(tmp_path / "best.pt")
+    write_atomic(best, b"epoch 0")
+    write_atomic(last, b"epoch 1")
+    if not links:
+        monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(PermissionError("no hard links here")))
+    same_bytes_atomic(last, best)
+    assert (tmp_path / "best.pt").read_bytes() == b"epoch 1"
+    assert os.path.samefile(last, best) == links
+    write_atomic(last, b"epoch 2")
+    assert (tmp_path / "best.pt").read_bytes() == b"epoch 1" and (tmp_path / "last.pt").read_bytes() == b"epoch 2"
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"]
 
 
 def test_read_json_is_none_for_a_missing_or_broken_file(tmp_path):
