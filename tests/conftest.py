@@ -137,6 +137,7 @@ ONE_WORKER_MODULES = {"test_pictures", "test_first_hour", "test_export", "test_p
 CHAINS = ("slurm", "hosts")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups (into each test's id, "@slurm")
 def pytest_collection_modifyitems(items):
     group = {}
     for item in items:

@@ -64,3 +64,18 @@ def test_loading_the_launcher_and_slurm_imports_no_torch():
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'numpy'))\n"
             "assert not loaded, loaded[:5]")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_the_suites_chains_and_module_runs_each_stay_in_one_xdist_worker(request):
+    """Under `-n 2 --dist loadgroup` (the README's test command) the SLURM tests share one cluster and the
+    test hosts one set of addresses, and some modules extend one trained run test by test: each such group
+    must run in one worker, which xdist does only for tests whose id carries the group ("@slurm")."""
+    import os
+
+    from conftest import ONE_WORKER_MODULES
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: everything is in one worker
+    grouped = [item for item in request.session.items
+               if item.module.__name__ in ONE_WORKER_MODULES | {"test_slurm", "test_network"}]
+    assert all("@" in item.nodeid for item in grouped), [i.nodeid for i in grouped if "@" not in i.nodeid]

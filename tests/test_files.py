@@ -1,4 +1,5 @@
-"""The one atomic writer (distrib/files.py), the one CPU count and OMP_NUM_THREADS, the one duration."""
+"""The one atomic writer (distrib/files.py), best.pt beside last.pt, the quick exit, the one CPU count and
+OMP_NUM_THREADS, the one duration."""
 
 from __future__ import annotations
 
@@ -66,3 +67,28 @@ def test_omp_threads_shares_the_cores_and_the_users_setting_wins():
 def test_duration_and_flag_say_it_one_way():
     assert [duration(s) for s in (40, 185, 7380)] == ["40 s", "3 min 05 s", "2 h 03 min"]
     assert flag("batch_size") == "batch-size"
+
+
+def test_quick_exit_keeps_what_the_teardown_would_have_written(tmp_path):
+    """A process that leaves through quick_exit (ranks, tools, the CLI after a tool, the fork server): its exit
+    code, a file left open with buffered text, a thread still writing, and its atexit functions all as at a
+    normal exit."""
+    import subprocess
+    import sys
+
+    script = f"""
+import atexit, threading, time
+from distrib.runtime import quick_exit
+left_open = open({str(tmp_path / "open.txt")!r}, "w")
+left_open.write("buffered, never closed")
+atexit.register(lambda: open({str(tmp_path / "atexit.txt")!r}, "w").write("ran"))
+def late():
+    time.sleep(0.5)
+    open({str(tmp_path / "thread.txt")!r}, "w").write("joined")
+threading.Thread(target=late).start()
+quick_exit.leave(3)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert (tmp_path / "open.txt").read_text() == "buffered, never closed"
+    assert (tmp_path / "atexit.txt").read_text() == "ran" and (tmp_path / "thread.txt").read_text() == "joined"
