@@ -373,7 +373,7 @@ def main() -> None:
     except SystemExit as e:
         code = e.code
     code = code if isinstance(code, (int, str)) else 0
-    if "torch" in sys.modules:  # a tool ran here (train, eval, export, bench...): no interpreter teardown (quick_exit)
+    if "torch" in sys.modules:  # a tool ran here (train, eval, export...): leave without the teardown
         quick_exit.leave(code)
     raise SystemExit(code)
 

@@ -62,14 +62,14 @@ def torchrun_argv(python: str, procs: int, log_dir: str, module_args: list[str],
     else:
         argv += ["--nnodes", rdzv.nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv.endpoint,
                  "--rdzv-id", rdzv.run_id]
-    # torchrun guesses both is_host and the local address from the hostname; on a node whose name resolves to
+    joins = rdzv is not None and node is not None
+    # torchrun guesses is_host and the local address from the hostname; on a node whose name resolves to
     # loopback or to another NIC it guesses wrong (no store host at all, or workers looking for the store at
     # "localhost").
-    conf = [f"is_host={int(node.is_host)}"] if rdzv is not None and node is not None else []
+    conf = [f"is_host={int(node.is_host)}"] if joins else []
     conf += [f"last_call_timeout={rdzv.last_call_s}"] if rdzv is not None and rdzv.last_call_s is not None else []
     argv += ["--rdzv-conf", ",".join(conf)] if conf else []
-    if rdzv is not None and node is not None and node.local_addr:
-        argv += ["--local-addr", node.local_addr]
+    argv += ["--local-addr", node.local_addr] if joins and node.local_addr else []
     argv += ["--nproc-per-node", str(procs), "--max-restarts", str(max_restarts),
              "--log-dir", log_dir, "--redirects", LOG_REDIRECTS]
     return argv + ["-m", "distrib", *module_args]
