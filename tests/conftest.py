@@ -13,6 +13,7 @@ import pytest
 from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).parent))
+import warm_cli  # noqa: E402
 from imagefolder import make_imagefolder  # noqa: E402
 
 # Small enough for 2 CPU cores, big enough to learn: 8 classes (so that acc5 is not always 100% and differs
@@ -61,9 +62,16 @@ def two_rank_run(imagefolder, tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "two-rank-run", lambda folder: _two_ranks(imagefolder, folder)) / "two-ranks"
 
 
-def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `distrain` command for real; output is captured and echoed on failure."""
+def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None,
+             fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run the `distrain` command for real, in a process of its own; output is captured and echoed on
+    failure. The process is forked from a server that has imported what the command imports (warm_cli.py);
+    fresh=True (or DISTRAIN_TEST_FRESH=1) starts a new interpreter instead, as a user's shell does."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    if not (fresh or os.environ.get("DISTRAIN_TEST_FRESH")):
+        proc = warm_cli.run([*map(str, args)], cwd, full_env, timeout)
+        proc.all = proc.stdout + proc.stderr
+        return proc
     proc = subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     proc.all = proc.stdout + proc.stderr

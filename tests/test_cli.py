@@ -160,3 +160,17 @@ def test_usage_errors_are_one_line_through_the_real_command(args, message):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--version"], ["status", "--help"], ["eval", "--checkpoint", "x.pt"],
+                                  ["launch", "--gpus", "0", "--data", "d", "--dry-run"]])
+def test_a_command_forked_from_the_tests_warm_server_prints_what_a_new_interpreter_prints(args, tmp_path):
+    """conftest's distrain() forks most commands from tests/warm_cli.py (imports paid once); the same
+    folder, environment, output and exit code as `python -m launch ARGS` in a shell. --help wraps at the
+    request's COLUMNS; d/ (class folders, no train/) is found only from the request's folder."""
+    from conftest import distrain
+
+    (tmp_path / "d" / "cat").mkdir(parents=True)
+    warm = distrain(*args, cwd=tmp_path, env={"COLUMNS": "67"})
+    fresh = distrain(*args, cwd=tmp_path, env={"COLUMNS": "67"}, fresh=True)
+    assert (warm.returncode, warm.stdout, warm.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)

@@ -119,7 +119,7 @@ def test_checkpoint_mistakes_in_eval_are_one_line(workdir, finished, tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(ckpt["model"], plain)
     assert "bare weights file" in one_line_error(distrain("eval", "--checkpoint", plain, "--data", "data",
-                                                          cwd=workdir))
+                                                          cwd=workdir, fresh=True))
     other = make_imagefolder(tmp_path / "other", classes=3)
     line = one_line_error(distrain("eval", "--checkpoint", best, "--data", other, cwd=workdir))
     assert "trained on 4" in line and "--resume" not in line
@@ -144,7 +144,7 @@ def test_checkpoint_mistakes_in_eval_are_one_line(workdir, finished, tmp_path):
      "use --batch-size 48 or less"),
 ])
 def test_bad_input_is_one_line_before_anything_starts(workdir, args, expected):
-    line = one_line_error(distrain(*args, cwd=workdir))
+    line = one_line_error(distrain(*args, cwd=workdir, fresh=True))  # a new interpreter: its imports print nothing
     assert expected in line
     assert not (workdir / "NEVER").exists(), "nothing is left behind"
 

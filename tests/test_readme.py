@@ -43,7 +43,8 @@ def run(command: str, cwd: Path, timeout: float = 400) -> subprocess.CompletedPr
     assert argv[0] == "distrain", command
     scratch = cwd / "tmp"  # the commands' temporary files, to check that they leave none
     scratch.mkdir(exist_ok=True)
-    return distrain(*argv[1:], cwd=cwd, timeout=timeout, env={"PYTHONPATH": str(REPO), "TMPDIR": str(scratch)})
+    return distrain(*argv[1:], cwd=cwd, timeout=timeout, env={"PYTHONPATH": str(REPO), "TMPDIR": str(scratch)},
+                    fresh=True)  # a new interpreter each, as in the user's shell
 
 
 def test_first_hour_commands_do_what_the_readme_says(tmp_path):

@@ -48,10 +48,16 @@ def test_two_node_job_completes_with_exact_validation(imagefolder, tmp_path):
     run_dir = tmp_path / "slurm two nodes"  # a space on purpose: every value is quoted
     job, proc = submit("--nodes", "2", "--gpus", "0", "--procs", "1", "--data", imagefolder, "--epochs", "1",
                        "--run-dir", run_dir, "--time", "10:00", "--signal-seconds", "60", *TINY,
-                       *WITH_WORKERS)  # a SLURM job's ranks with loader workers (a fork server each)
+                       *WITH_WORKERS,  # a SLURM job's ranks with loader workers (a fork server each)
+                       "--partition", "debug", "--account", "vision", "--qos", "normal", "--exclusive",
+                       "--setup", "echo setup ran on $SLURM_JOB_NODELIST")
     assert f"distrain status {run_dir}" in proc.stdout
     assert (run_dir / "job.sbatch").exists()
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    assert "Partition=debug" in shown and "Account=vision" in shown and "OverSubscribe=NO" in shown, shown
+    assert "#SBATCH --qos=normal" in (run_dir / "job.sbatch").read_text()  # (no QOS without accounting)
     assert wait_job(job, timeout=300) == "COMPLETED", slurm_log(run_dir, job)
+    assert "setup ran on n[1-2]" in slurm_log(run_dir, job)  # --setup: in the batch shell, before the launch
     rows = metrics(run_dir)
     assert len(rows) == 1 and rows[0]["world_size"] == 2 and rows[0]["val_samples"] == VAL_IMAGES
     status = distrain("status", run_dir)
