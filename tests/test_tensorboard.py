@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -69,8 +70,14 @@ def test_tensorboard_serves_the_runs_scalars_on_loopback(two_rank_run):
         local_addresses = [line.split()[3] for line in listening.splitlines()]
         assert local_addresses == [f"127.0.0.1:{server.port}"], listening
     assert f"http://127.0.0.1:{server.port}/" in server.out
+    # A SLURM login node (sbatch here, outside a job, as on this cluster's machine) gets the laptop's tunnel.
+    tunnel = f"from your laptop: ssh -N -L {server.port}:127.0.0.1:{server.port} "
+    assert (tunnel in server.out) == (shutil.which("sbatch") is not None and "SLURM_JOB_ID" not in os.environ), \
+        server.out
 
 
 def test_tensorboard_refuses_a_missing_runs_dir(tmp_path):
     proc = distrain("tensorboard", tmp_path / "nope")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = distrain("tensorboard", cwd=tmp_path)  # no RUNS_DIR: ./runs, not here
+    assert proc.returncode == 2 and "runs dir runs does not exist" in proc.stderr, proc.all
