@@ -68,12 +68,12 @@ def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None
     failure. The process is forked from a server that has imported what the command imports (warm_cli.py);
     fresh=True (or DISTRAIN_TEST_FRESH=1) starts a new interpreter instead, as a user's shell does."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    if not (fresh or os.environ.get("DISTRAIN_TEST_FRESH")):
-        proc = warm_cli.run([*map(str, args)], cwd, full_env, timeout)
-        proc.all = proc.stdout + proc.stderr
-        return proc
-    proc = subprocess.run([sys.executable, "-m", "launch", *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    argv = [*map(str, args)]
+    if fresh or os.environ.get("DISTRAIN_TEST_FRESH"):
+        proc = subprocess.run([sys.executable, "-m", "launch", *argv], cwd=cwd, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+    else:
+        proc = warm_cli.run(argv, cwd, full_env, timeout)
     proc.all = proc.stdout + proc.stderr
     return proc
 

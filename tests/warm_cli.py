@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Every module a command may import: the CLI's own, and the in-process tools' (train, eval, bench, predict...).
 PRELOAD = [f"launch.{p.stem}" for p in sorted((ROOT / "launch").glob("*.py")) if p.stem != "__main__"] + \
-          [f"distrib.tools.{p.stem}" for p in sorted((ROOT / "distrib" / "tools").glob("*.py"))] + ["distrib.train"]
+          [f"distrib.tools.{p.stem}" for p in sorted((ROOT / "distrib" / "tools").glob("*.py"))] + \
+          ["distrib.train", "torch._dynamo"]  # (torch and torchvision come with distrib.train; DDP imports _dynamo)
 MESSAGE = 1 << 20
 
 
@@ -49,16 +50,18 @@ def _command(request: dict, fds: list[int]) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sys.argv = [str(Path(sys.modules["launch"].__file__).with_name("__main__.py")), *request["argv"]]
     sys.path[0] = os.getcwd()  # `python -m` puts the current folder first
-    code = 1
+    code = 0
     try:
         from launch.cli import main
         main()  # leaves through quick_exit.leave (os._exit) after a tool ran, else raises SystemExit
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else (print(e.code, file=sys.stderr) or 1))
+    except SystemExit as e:  # as the interpreter reads it: None is 0, a text is printed and is 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
     except BaseException:
         import traceback
         traceback.print_exc()
+        code = 1
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -73,9 +76,6 @@ def serve(path: str) -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
-    import torch  # noqa: F401  (the in-process tools' imports, and DDP's torch._dynamo)
-    import torch._dynamo  # noqa: F401
-    import torchvision  # noqa: F401
 
     parent = os.getppid()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
