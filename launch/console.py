@@ -3,6 +3,8 @@ durations (distrib/words.py, shared with the ranks). Torch-free."""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from contextlib import contextmanager
 
@@ -12,8 +14,43 @@ from distrib.words import duration
 
 __all__ = ["out", "err", "error", "warn", "progress", "duration"]
 
-out = Console(highlight=False)               # results: what a script may read (a dry run, a table, JSON)
-err = Console(stderr=True, highlight=False)  # what goes wrong, and how it goes
+
+
+class _Stream:
+    """sys.stdout or sys.stderr (looked up at each write), where a reader that has gone away
+    (`distrain launch ... | grep -m1 epoch`, then timeout's SIGTERM) silences the printing instead of ending the
+    command: the launcher still stops its ranks at a step boundary, records outcome.json and exits with its
+    code, where a BrokenPipeError raised inside its signal handler would have killed it first."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attr):  # isatty, fileno, encoding...: rich asks the stream itself
+        return getattr(getattr(sys, self.name), attr)
+
+    def write(self, text: str) -> int:
+        try:
+            return getattr(sys, self.name).write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            getattr(sys, self.name).flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        # Python's advice for a closed pipe: point the descriptor at /dev/null, so that neither later prints
+        # nor the flush at exit fail again
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, getattr(sys, self.name).fileno())
+        os.close(null)
+
+
+out = Console(file=_Stream("stdout"), highlight=False)  # results: what a script may read (a dry run, a table)
+err = Console(file=_Stream("stderr"), highlight=False)  # what goes wrong, and how it goes
 
 
 def error(message: str) -> None:

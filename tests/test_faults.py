@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shlex
@@ -19,10 +20,13 @@ from conftest import TINY, WITH_WORKERS, assert_ok, distrain, metrics, rank_pids
 VAL_IMAGES = 29
 
 
-def start(*args, log: Path) -> subprocess.Popen:
+def start(*args, log: Path, stdout=None) -> subprocess.Popen:
+    """`distrain ARGS` in its own session, its output in log (only its stderr when stdout is given)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "launch", *map(str, args)], env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log.open("w") if stdout is None else stdout,
+                            stderr=subprocess.STDOUT if stdout is None else log.open("w"),
+                            start_new_session=True)
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -59,12 +63,19 @@ def test_stop_mid_epoch_resumes_at_the_same_step(two_rank_run, imagefolder, tmp_
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm-after-the-reader-left"])
 def test_ctrl_c_stops_cleanly_and_relaunch_resumes(imagefolder, tmp_path, how):
+    """Ctrl-C: the terminal's SIGINT to the launcher's process group. SIGTERM as `timeout 600 distrain launch
+    ... | grep -m1 torchrun` sends it: grep has read its line and gone, so the launcher's stdout is a closed
+    pipe; its messages go nowhere, and it still stops the ranks and records the run as stopped."""
     run_dir, log = tmp_path / "run", tmp_path / "launch.log"
     args = ["launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "3", "--run-dir",
             run_dir, *TINY]
-    proc = start(*args, log=log)
+    reader_leaves = how != "ctrl-c"
+    proc = start(*args, log=log, stdout=subprocess.PIPE if reader_leaves else None)
+    if reader_leaves:
+        assert proc.stdout.readline()  # the reader's one line, then it is gone
+        proc.stdout.close()
     wait_for(lambda: metrics(run_dir), 240, proc)
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the launcher's whole process group
@@ -73,8 +84,12 @@ def test_ctrl_c_stops_cleanly_and_relaunch_resumes(imagefolder, tmp_path, how):
     code = proc.wait(timeout=120)
     text = log.read_text()
     assert code == (130 if how == "ctrl-c" else 143), text
-    assert "stopped" in text and "Resume with the same command" in text and "Traceback" not in text
-    assert "--run-dir " + str(run_dir) in text.split("Resume with the same command")[1]
+    assert "Traceback" not in text and "BrokenPipe" not in text, text
+    if reader_leaves:
+        assert json.loads((run_dir / "outcome.json").read_text())["state"] == "stopped", text
+    else:
+        assert "stopped" in text and "Resume with the same command" in text
+        assert "--run-dir " + str(run_dir) in text.split("Resume with the same command")[1]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     done_before = len(metrics(run_dir))
     assert ckpt["epoch"] * 3 + ckpt["batch"] == ckpt["step"]  # a consistent step boundary

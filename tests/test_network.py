@@ -62,12 +62,21 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
 
 
 def elastic_pair(a, b, run_dir: Path, data, epochs: int, logs: tuple[Path, ...]):
-    """A and B start an elastic run (--nodes 1:2, two restarts allowed); returns once epoch 0 is done."""
+    """A and B start an elastic run (--nodes 1:2, two restarts allowed); returns once epoch 0 is done and in
+    last.pt (its metrics row comes first: a host lost between the two has epoch 0 trained again)."""
     args = launch_args(a, run_dir, data, "--nodes", "1:2", "--max-restarts", "2", "--epochs", str(epochs),
                        "--dist-timeout", TIMEOUT, "--rdzv-last-call", LAST_CALL)
     pa, pb = a.distrain(*args, log=logs[0]), b.distrain(*args, log=logs[1])
-    wait_for(lambda: metrics(run_dir), 180, pa, pb, logs=logs)
+    wait_for(lambda: metrics(run_dir) and checkpointed_epochs(run_dir) >= 1, 180, pa, pb, logs=logs)
     return args, pa, pb
+
+
+def checkpointed_epochs(run_dir: Path) -> int:
+    """The epochs last.pt holds, from position.json (written after it)."""
+    try:
+        return json.loads((run_dir / "position.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def rank_on(host, run_dir: Path) -> tuple[int, int]:

@@ -86,9 +86,11 @@ def main(checkpoint_path: str, topk: int, cfg) -> None:
             rows = {f.index: predict_io.row(inputs[f.index], error=f.reason) for f in failed}
             if batch.images is not None:
                 images, _ = to_device(batch, device, False)
-                probs = model(images).float().softmax(dim=1)
-                top = probs.topk(min(topk, probs.shape[1]), dim=1)
-                for i, p, k in zip(batch.labels.tolist(), top.values.tolist(), top.indices.tolist()):
+                logits = model(images).float()
+                # ranked by logit, as eval's top-k: probabilities that underflow to 0 would tie
+                top = logits.topk(min(topk, logits.shape[1]), dim=1)
+                probs = logits.softmax(dim=1).gather(1, top.indices)
+                for i, p, k in zip(batch.labels.tolist(), probs.tolist(), top.indices.tolist()):
                     rows[i] = predict_io.row(inputs[i], p, k, classes)
             for i in sorted(rows):
                 fh.write(json.dumps(rows[i]) + "\n")

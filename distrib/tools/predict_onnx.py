@@ -89,7 +89,7 @@ def predict(folder: str, meta: dict, paths: list[str], topk: int, batch_size: in
             probs = np.exp(logits - logits.max(axis=1, keepdims=True))
             probs /= probs.sum(axis=1, keepdims=True)
             k = min(topk, probs.shape[1])
-            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            order = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # by logit, as eval: 0.0 probabilities tie
             for i, idx, p in zip(good, order, probs):
                 done[i] = predict_io.row(chunk[i], p[idx].tolist(), idx.tolist(), meta["classes"])
         rows += [done[i] for i in range(len(chunk))]
