@@ -31,6 +31,13 @@ def main(argv: list[str]) -> int:
         return BAD_INPUT_EXIT
 
 
+def preload() -> None:
+    """Import what the commands below import (torch, torchvision, the training loop, the tools): a torchrun
+    agent does it once, and its ranks are forked with them (distrib/agent.py)."""
+    from distrib import train  # noqa: F401
+    from distrib.tools import evaluate, predict  # noqa: F401
+
+
 def run(argv: list[str]) -> int:
     if argv[:1] == ["train"] and len(argv) == 2:
         cfg = read_run_config(argv[1])

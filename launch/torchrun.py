@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # per-rank files under the log dir, so a failing rank's traceback shows once, in torchrun's failure summary.
 # torchrun makes a fresh folder per agent under the log dir, so nodes sharing the run dir never collide.
 LOG_REDIRECTS = "2"
+# torchrun (torch.distributed.run.main, its options unchanged) whose ranks are forked from it once it has
+# imported torch and the training code, instead of each importing them again (distrib/agent.py).
+AGENT_MODULE = "distrib.agent"
 # The node entry point of a SLURM job step (one task per node): see launch/node.py.
 NODE_MODULE = "launch.node"
 # Flight Recorder buffers, so a timed-out collective leaves a trace.
@@ -54,9 +57,9 @@ class NodeRole:
 
 def torchrun_argv(python: str, procs: int, log_dir: str, module_args: list[str], max_restarts: int = 0,
                   rdzv: Rendezvous | None = None, node: NodeRole | None = None) -> list[str]:
-    """torchrun for one node: P processes of `python -m distrib MODULE_ARGS`, alone (rdzv None) or joining a
+    """torchrun for one node: P ranks running `distrib MODULE_ARGS`, alone (rdzv None) or joining a
     c10d rendezvous as `node` says (None: leave it to torchrun, as on loopback)."""
-    argv = [python, "-m", "torch.distributed.run"]
+    argv = [python, "-m", AGENT_MODULE]
     if rdzv is None:
         argv += ["--standalone", "--nnodes", "1"]
     else:

@@ -79,20 +79,21 @@ def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None
 
 
 def rank_pids(config) -> dict[int, int]:
-    """{RANK: pid} of the training processes of the run whose config.toml this is. Their data workers
-    come from a fork server (distrib/workers.py) and carry its command line, so pgrep leaves them out."""
+    """{RANK: pid} of the training processes of the run whose config.toml this is: the processes that hold
+    its RUN_DIR/logs/rankR.log open. (Ranks are forked from their torchrun agent, distrib/agent.py,
+    so their command line and /proc environ are the agent's; their loader workers come from a fork server.)"""
+    logs = Path(config).parent / "logs"
     out = subprocess.run(["pgrep", "-f", f"distrib train {config}"], capture_output=True, text=True).stdout
-    pids = {pid for pid in map(int, out.split())  # leave out torchrun agents: their argv names it too
-            if b"torch.distributed.run" not in _read(f"/proc/{pid}/cmdline")}
     ranks = {}
-    for pid in pids:
+    for pid in map(int, out.split()):
         try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         except OSError:
             continue
-        for item in env:
-            if item.startswith(b"RANK="):
-                ranks[int(item[5:])] = pid
+        for target in targets:
+            folder, name = os.path.split(target)
+            if folder == str(logs) and name.startswith("rank") and name.endswith(".log"):
+                ranks[int(name[4:-4])] = pid
     return ranks
 
 

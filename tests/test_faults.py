@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shlex
 import signal
 import subprocess
@@ -97,6 +98,26 @@ def test_ctrl_c_stops_cleanly_and_relaunch_resumes(imagefolder, tmp_path, how):
     assert_ok(again)
     assert [r["epoch"] for r in metrics(run_dir)] == [0, 1, 2], (done_before, metrics(run_dir))
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 9  # no step lost
+
+
+def test_sigterm_to_torchrun_and_its_ranks_together_ends_them_at_a_step_without_sigkill(imagefolder, tmp_path):
+    """What scancel does to a job step: SIGTERM to torchrun's agent and its ranks at once. The ranks (forked
+    from the agent, distrib/agent.py) stop at a step boundary, write last.pt and leave by themselves while the
+    agent shuts down: torchrun never needs its SIGKILL, 30 s later."""
+    run_dir, log = tmp_path / "run", tmp_path / "launch.log"
+    proc = start("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "20", "--run-dir",
+                 run_dir, *TINY, log=log)
+    wait_for(lambda: metrics(run_dir) and len(rank_pids(run_dir / "config.toml")) == 2, 240, proc)
+    ranks = rank_pids(run_dir / "config.toml")
+    agent = int(Path(f"/proc/{ranks[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert os.getpgid(ranks[0]) == os.getpgid(ranks[1]) == os.getpgid(agent)
+    os.killpg(os.getpgid(agent), signal.SIGTERM)
+    proc.wait(timeout=120)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] * 3 + ckpt["batch"] == ckpt["step"] >= 3  # a step boundary, after epoch 0
+    agent_log = (run_dir / "logs" / "torchrun.err").read_text()
+    assert "Closing process" in agent_log and "forcefully exiting" not in agent_log, agent_log[-3000:]
+    assert re.search(r"stopped (at|after) epoch", (run_dir / "logs" / "rank0.log").read_text())
 
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):

@@ -286,7 +286,7 @@ def test_torchrun_layout_runs_with_weird_paths(stubs):
     assert not list(tmp_path.rglob("PWNED")), "a user value was run as shell code"
     for node in (0, 1):  # each node's payload found its part (n1 is loopback here: SLURM's node order decides)
         argv = _argv(log / f"python.{node}.0.argv")
-        assert argv == ["-m", "torch.distributed.run", "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+        assert argv == ["-m", "distrib.agent", "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
                         "n1:32345", "--rdzv-id", "12345", "--rdzv-conf", f"is_host={int(node == 0)}",
                         "--nproc-per-node", "2", "--max-restarts", "1", "--log-dir", f"{run_dir}/logs/torchrun",
                         "--redirects", "2", "-m", "distrib", "train", f"{run_dir}/config.toml"]

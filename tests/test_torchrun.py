@@ -42,7 +42,7 @@ def test_every_mode_has_the_same_log_flags():
     tool = torchrun.torchrun_argv("py", 3, "/r/logs/torchrun", ["eval", "ckpt.pt", "/r/config.toml"])
     slurm, _ = _slurm_node(torchrun.NodeRole(True, "10.0.0.1", "ib0"))
     for argv in (standalone, c10d, tool, slurm):
-        assert argv[:3] == ["py", "-m", "torch.distributed.run"] and _has(argv, LOGS), argv
+        assert argv[:3] == ["py", "-m", "distrib.agent"] and _has(argv, LOGS), argv
         assert "--tee" not in argv
     assert _has(standalone, ["--standalone", "--nnodes", "1"]) and "--rdzv-conf" not in standalone
     assert standalone[-4:] == ["-m", "distrib", "train", "/r/config.toml"]
