@@ -37,15 +37,14 @@ def rank(*argv: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    import torch.distributed.run as torchrun
-
     import torch
+    import torch.distributed.run as torchrun
 
     from distrib import __main__ as entry
 
     entry.preload()
     if torch.cuda.is_initialized():  # a forked child cannot use a CUDA context its parent made
-        raise SystemExit("distrib.agent: CUDA was initialised while importing the ranks' code; ranks cannot be forked")
+        raise SystemExit("distrib.agent: importing the ranks' code initialised CUDA; ranks cannot be forked")
 
     torchrun_config = torchrun.config_from_args
 
