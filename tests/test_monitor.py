@@ -183,19 +183,8 @@ def test_a_rank_slowed_by_a_cpu_competitor_is_named_as_the_compute_straggler(ima
 
 
 def processes_of_rank(rank: int, rank_pid: int) -> list[int]:
-    """The fork server and the loader workers a rank started: they carry its environment (RANK=...)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == rank_pid:
-            continue
-        try:
-            env = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
-            argv = Path(f"/proc/{name}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env and b"torch.distributed.run" not in argv and b"launch" not in argv:
-            found.append(int(name))
-    return found
+    """The fork server and the loader workers a rank started: the processes below it."""
+    return [pid for pid in process_tree(rank_pid) if pid != rank_pid]
 
 
 def throttle(pids_of, stop_event, on: float = 0.02, off: float = 0.38) -> None:

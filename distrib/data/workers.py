@@ -5,8 +5,10 @@
 
 By the time its loaders start, a rank has gloo, OpenMP and TensorBoard threads, and fork() copies any
 lock one of them holds at that instant: a worker forked then can hang for good (seen once in CI, a
-validation worker stuck inside os.fork). The fork server is a fresh single-threaded process that
-imports distrib.data.loaders (torch included) once; workers forked from it start in milliseconds. Python 3.14
+validation worker stuck inside os.fork). The fork server is a single-threaded process that has
+distrib.data.loaders (torch included) imported: a new interpreter that imports it, or, in a rank forked from
+torchrun's agent (still one thread, torch already imported), a fork of the rank made before any thread
+starts. Workers forked from it start in milliseconds. Python 3.14
 makes forkserver the default on Linux for the same reason.
 
 A worker started that way is the server's child, not the rank's, so DataLoader's own check ("is my
@@ -17,6 +19,7 @@ killed with SIGKILL would leave both running for good. Each worker therefore wat
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import multiprocessing.forkserver
@@ -24,6 +27,8 @@ import multiprocessing.util
 import os
 import select
 import shutil
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -40,11 +45,56 @@ def available() -> bool:
 
 def start_server(workers: int) -> None:
     """Start this process's fork server now, if it will have loader workers (idempotent). Called
-    before the rank imports torch, the server's imports overlap the rank's own."""
+    before the rank imports torch, the server's imports overlap the rank's own. A rank forked from
+    torchrun's agent (distrib/agent.py) has torch imported already and, just forked, one thread: its own
+    fork is then the server, with nothing to import (~4 CPU-s saved a rank)."""
     if workers > 0 and available():
         _short_socket_folder()
         multiprocessing.set_forkserver_preload(PRELOAD)
+        if "torch" in sys.modules and _one_thread():
+            _fork_server_from_here()
         multiprocessing.forkserver.ensure_running()
+
+
+def _one_thread() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _fork_server_from_here() -> None:
+    """What multiprocessing.forkserver.ensure_running does, with a fork of this single-threaded process as the
+    server instead of a new interpreter that imports PRELOAD: the same socket, "alive" pipe and server loop
+    (forkserver.main); the fork keeps only those and stdin/stdout/stderr open."""
+    from multiprocessing import connection, forkserver, resource_tracker
+
+    for module in PRELOAD:
+        __import__(module)
+    server = forkserver._forkserver
+    with server._lock:
+        if server._forkserver_pid is not None:
+            return
+        resource_tracker.ensure_running()
+        with socket.socket(socket.AF_UNIX) as listener:
+            address = connection.arbitrary_address("AF_UNIX")
+            listener.bind(address)
+            os.chmod(address, 0o600)
+            listener.listen()
+            alive_r, alive_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    keep = {0, 1, 2, listener.fileno(), alive_r}
+                    for fd in map(int, os.listdir("/proc/self/fd")):
+                        if fd not in keep:
+                            with contextlib.suppress(OSError):
+                                os.close(fd)
+                    forkserver.main(listener.fileno(), alive_r, [])
+                finally:
+                    os._exit(0)  # the server's loop ends when its rank does; no teardown
+            os.close(alive_r)
+        server._forkserver_address, server._forkserver_alive_fd, server._forkserver_pid = address, alive_w, pid
 
 
 SOCKET_PATH_MAX = 107  # bytes of an AF_UNIX socket path on Linux (sun_path, less its NUL)
