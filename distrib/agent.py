@@ -79,11 +79,12 @@ def _ranks_leave_when_done() -> None:
     from torch.distributed.elastic.multiprocessing import api
 
     wrap = api._wrap
-    if "queue_finished_reading_event" not in inspect.signature(wrap).parameters:
+    signature = inspect.signature(wrap)
+    if "queue_finished_reading_event" not in signature.parameters:
         return  # another torch: its workers wait as it says
 
     def leave_when_done(*args, **kwargs):
-        bound = inspect.signature(wrap).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
         bound.arguments["queue_finished_reading_event"] = _NoWait()
         wrap(*bound.args, **bound.kwargs)
 

@@ -15,7 +15,6 @@ from distrib.words import duration
 __all__ = ["out", "err", "error", "warn", "progress", "duration"]
 
 
-
 class _Stream:
     """sys.stdout or sys.stderr (looked up at each write), where a reader that has gone away
     (`distrain launch ... | grep -m1 epoch`, then timeout's SIGTERM) silences the printing instead of ending the

@@ -182,7 +182,7 @@ def test_a_rank_slowed_by_a_cpu_competitor_is_named_as_the_compute_straggler(ima
     assert "newest step figures" in running.stdout and "of training steps" in running.stdout  # with its ETA
 
 
-def processes_of_rank(rank: int, rank_pid: int) -> list[int]:
+def processes_of_rank(rank_pid: int) -> list[int]:
     """The fork server and the loader workers a rank started: the processes below it."""
     return [pid for pid in process_tree(rank_pid) if pid != rank_pid]
 
@@ -220,8 +220,8 @@ def test_a_rank_whose_loader_is_starved_is_named_as_the_data_straggler(tmp_path)
         wait_until(lambda: live_step(run_dir) >= 1 or proc.poll() is not None, 240, "the first step")
         ranks = rank_pids(run_dir / "config.toml")
         assert set(ranks) == {0, 1}, ranks
-        assert processes_of_rank(1, ranks[1]), "no loader process of rank 1 found"
-        throttler = threading.Thread(target=throttle, args=(lambda: processes_of_rank(1, ranks[1]), done))
+        assert processes_of_rank(ranks[1]), "no loader process of rank 1 found"
+        throttler = threading.Thread(target=throttle, args=(lambda: processes_of_rank(ranks[1]), done))
         throttler.start()
         log = run_dir / "logs" / "rank0.log"
         line = wait_until(lambda: rank1_line(log) or proc.poll() is not None, 240, "a straggler line")

@@ -73,10 +73,10 @@ def elastic_pair(a, b, run_dir: Path, data, epochs: int, logs: tuple[Path, ...])
 
 def checkpointed_epochs(run_dir: Path) -> int:
     """The epochs last.pt holds, from position.json (written after it)."""
-    try:
-        return json.loads((run_dir / "position.json").read_text())["epoch"]
-    except (OSError, ValueError, KeyError):
-        return 0
+    from distrib.paths import RunPaths
+    from launch.run_dir import position
+
+    return (position(RunPaths(str(run_dir))) or {}).get("epoch", 0)
 
 
 def rank_on(host, run_dir: Path) -> tuple[int, int]:
