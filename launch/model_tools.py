@@ -187,6 +187,8 @@ def _predict_onnx(model_dir: str, paths: list[str], topk: int, batch_size: int, 
 
     from distrib.tools import predict_onnx
 
+    if os.path.isfile(model_dir):  # the .onnx file itself: its folder is the export (model.json beside it)
+        model_dir = os.path.dirname(model_dir) or "."
     meta = predict_onnx.read_export(model_dir)
     typed = [k for k in PREPROCESSING_OPTIONS if cli.get(k) is not None]
     if typed:

@@ -155,6 +155,15 @@ def test_predict_from_onnx_export_never_imports_torch(exports, reference, tmp_pa
     assert [r["class1"] for r in rows] == [ckpt["classes"][i] for i in want.argmax(1).tolist()]
 
 
+def test_predict_takes_the_onnx_file_as_well_as_its_folder(exports, reference, tmp_path):
+    """`--model EXPORT/model.onnx`, the file a user sees, reads the export of its folder."""
+    by_folder, by_file = tmp_path / "folder.csv", tmp_path / "file.csv"
+    image = reference[1][0]
+    for model, out in ((exports["onnx"], by_folder), (exports["onnx"] / "model.onnx", by_file)):
+        assert_ok(distrain("predict", "--model", model, image, "--output", out, "--gpus", "0"))
+    assert by_file.read_text() == by_folder.read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--procs", "2"], "--procs 2 does not apply to --model"),
     (["--gpus", "2"], "runs one onnxruntime session on one GPU; use --gpus 1"),
