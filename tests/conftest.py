@@ -78,22 +78,35 @@ def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None
     return proc
 
 
+def start_distrain(*args, stdout=None, stderr=None, pipe_stdout: bool = False, new_session: bool = False):
+    """`distrain ARGS` started and not waited for, as subprocess.Popen starts it (and with what it returns:
+    pid, poll, wait, send_signal, kill, stdout for pipe_stdout). stdout, stderr: open files; by default
+    stderr goes with stdout, and stdout to /dev/null. Forked from the warm server like distrain(), or a new
+    interpreter with DISTRAIN_TEST_FRESH=1."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    argv = [*map(str, args)]
+    if os.environ.get("DISTRAIN_TEST_FRESH"):
+        return subprocess.Popen([sys.executable, "-m", "launch", *argv], env=env, text=True,
+                                stdout=subprocess.PIPE if pipe_stdout else stdout or subprocess.DEVNULL,
+                                stderr=stderr or subprocess.STDOUT, start_new_session=new_session)
+    return warm_cli.Process(argv, None, env, stdout, stderr, pipe_stdout, new_session)
+
+
 def rank_pids(config) -> dict[int, int]:
     """{RANK: pid} of the training processes of the run whose config.toml this is: the processes that hold
-    its RUN_DIR/logs/rankR.log open. (Ranks are forked from their torchrun agent, distrib/agent.py,
-    so their command line and /proc environ are the agent's; their loader workers come from a fork server.)"""
-    logs = Path(config).parent / "logs"
-    out = subprocess.run(["pgrep", "-f", f"distrib train {config}"], capture_output=True, text=True).stdout
+    its RUN_DIR/logs/rankR.log open. (Ranks are forked from their torchrun agent, distrib/agent.py, which may
+    itself be forked from the tests' warm server: a command line says nothing of whose rank a process is.)"""
+    logs = str(Path(config).parent / "logs")
     ranks = {}
-    for pid in map(int, out.split()):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         except OSError:
             continue
         for target in targets:
             folder, name = os.path.split(target)
-            if folder == str(logs) and name.startswith("rank") and name.endswith(".log"):
-                ranks[int(name[4:-4])] = pid
+            if folder == logs and name.startswith("rank") and name.endswith(".log"):
+                ranks[int(name[4:-4])] = int(pid)
     return ranks
 
 

@@ -16,18 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, WITH_WORKERS, assert_ok, distrain, metrics, rank_pids
+from conftest import TINY, WITH_WORKERS, assert_ok, distrain, metrics, rank_pids, start_distrain
 
 VAL_IMAGES = 29
 
 
-def start(*args, log: Path, stdout=None) -> subprocess.Popen:
-    """`distrain ARGS` in its own session, its output in log (only its stderr when stdout is given)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "launch", *map(str, args)], env=env,
-                            stdout=log.open("w") if stdout is None else stdout,
-                            stderr=subprocess.STDOUT if stdout is None else log.open("w"),
-                            start_new_session=True)
+def start(*args, log: Path, reader: bool = False):
+    """`distrain ARGS` in its own session, its output in log (only its stderr when a reader takes stdout)."""
+    if reader:
+        return start_distrain(*args, pipe_stdout=True, stderr=log.open("w"), new_session=True)
+    return start_distrain(*args, stdout=log.open("w"), new_session=True)
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -73,7 +71,7 @@ def test_ctrl_c_stops_cleanly_and_relaunch_resumes(imagefolder, tmp_path, how):
     args = ["launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "3", "--run-dir",
             run_dir, *TINY]
     reader_leaves = how != "ctrl-c"
-    proc = start(*args, log=log, stdout=subprocess.PIPE if reader_leaves else None)
+    proc = start(*args, log=log, reader=reader_leaves)
     if reader_leaves:
         assert proc.stdout.readline()  # the reader's one line, then it is gone
         proc.stdout.close()

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TINY, assert_ok, distrain, metrics, rank_pids
+from conftest import TINY, assert_ok, distrain, metrics, rank_pids, start_distrain
 from test_tensorboard import free_port, get_json, served
 
 # 96 train images, 4 per process on 2 processes: 12 steps per epoch, a figure every step
@@ -25,10 +25,8 @@ def launch_args(data, run_dir, *extra) -> list[str]:
             *extra]
 
 
-def start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "launch", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+def start(args: list[str]):
+    return start_distrain(*args, pipe_stdout=True)
 
 
 def wait_until(check, timeout: float, what: str):
@@ -264,12 +262,10 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_logged(args: list[str], log: Path) -> subprocess.Popen:
+def start_logged(args: list[str], log: Path):
     """A node's launch, its output to a file (a pipe nobody reads would fill up during a long wait)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "launch", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
+        return start_distrain(*args, stdout=out)
 
 
 def live(run_dir: Path) -> dict:

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TINY, assert_ok, metrics, rank_pids
+from conftest import TINY, assert_ok, metrics, rank_pids, start_distrain
 
 VAL_IMAGES = 29
 
@@ -22,10 +22,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(*args, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "launch", *map(str, args)], env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+def start(*args, log: Path):
+    return start_distrain(*args, stdout=log.open("w"))
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ Run as a script it is the server: `python tests/warm_cli.py SOCKET`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every module a command may import: the CLI's own, and the in-process tools' (train, eval, bench, predict...).
 PRELOAD = [f"launch.{p.stem}" for p in sorted((ROOT / "launch").glob("*.py")) if p.stem != "__main__"] + \
           [f"distrib.tools.{p.stem}" for p in sorted((ROOT / "distrib" / "tools").glob("*.py"))] + \
-          ["distrib.train", "torch._dynamo"]  # (torch and torchvision come with distrib.train; DDP imports _dynamo)
+          ["distrib.train", "torch._dynamo", "distrib.agent", "torch.distributed.run"]
+# (torch and torchvision come with distrib.train; DDP imports _dynamo; the agent is forked too: _forked_agent)
 MESSAGE = 1 << 20
 
 
@@ -41,6 +43,8 @@ def _command(request: dict, fds: list[int]) -> None:
     for target, fd in enumerate(fds):  # stdin, stdout, stderr
         os.dup2(fd, target)
         os.close(fd)
+    if request.get("new_session"):
+        os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -50,6 +54,7 @@ def _command(request: dict, fds: list[int]) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sys.argv = [str(Path(sys.modules["launch"].__file__).with_name("__main__.py")), *request["argv"]]
     sys.path[0] = os.getcwd()  # `python -m` puts the current folder first
+    _agents_forked()
     code = 0
     try:
         from launch.cli import main
@@ -71,8 +76,71 @@ def _command(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
+class _ForkedAgent:
+    """What subprocess.Popen returns to launch/run_local.py, for an agent forked by _popen."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def wait(self, timeout=None) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _popen(argv, *, env, start_new_session, stderr, preexec_fn, **rest):
+    """subprocess.Popen for launch/run_local.py: `python -m distrib.agent ARGS` (the torchrun agent) becomes a
+    fork of this command, which has imported what the agent imports; any other command starts as before."""
+    from distrib.runtime import quick_exit
+
+    if argv[1:3] != ["-m", "distrib.agent"] or rest or not start_new_session:
+        return subprocess.Popen(argv, env=env, start_new_session=start_new_session, stderr=stderr,
+                                preexec_fn=preexec_fn, **rest)
+    quick_exit._flush_open_files()  # nothing buffered is written twice, by the agent's exit too
+    pid = os.fork()
+    if pid:
+        return _ForkedAgent(pid)
+    try:  # what Popen does between fork and exec, then what `python -m distrib.agent` does
+        os.setsid()
+        if stderr is not None:
+            os.dup2(stderr.fileno(), 2)
+        if preexec_fn is not None:
+            preexec_fn()
+        os.environ.clear()
+        os.environ.update(env)
+        tempfile.tempdir = None
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        import torch
+
+        torch.set_num_threads(int(env.get("OMP_NUM_THREADS") or torch.get_num_threads()))
+        from distrib import agent
+
+        sys.argv = [agent.__file__, *argv[3:]]
+        agent.main(argv[3:])  # leaves through quick_exit
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    os._exit(1)
+
+
+def _agents_forked() -> None:
+    """A launch in this command forks its torchrun agent from here, as the agent forks its ranks: the agent
+    is distrib/agent.py's own main, in its own session, with the launcher's environment for it, its stderr
+    file and its parent-death signal; only the new interpreter's imports are left out (~5 CPU-s a launch).
+    fresh=True launches start the agent as a new interpreter, as every user's does."""
+    import types
+
+    from launch import run_local
+
+    run_local.subprocess = types.SimpleNamespace(Popen=_popen)
+
+
 def serve(path: str) -> None:
     import importlib
+    import select
 
     for name in PRELOAD:
         importlib.import_module(name)
@@ -81,25 +149,40 @@ def serve(path: str) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.bind(path + ".tmp")
     os.rename(path + ".tmp", path)  # the client waits for this name: bound and listening
-    server.listen(4)
-    server.settimeout(2)
+    server.listen(16)
+    # Commands run at once, side by side (a test starts two nodes' launches): a child's end wakes the loop
+    ended_r, ended_w = os.pipe()
+    os.set_blocking(ended_w, False)
+    signal.set_wakeup_fd(ended_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    running: dict[int, socket.socket] = {}  # pid -> the connection its exit code goes to
     while os.getppid() == parent:  # ends with its xdist worker
-        try:
-            conn, _ = server.accept()
-        except socket.timeout:
+        ready, _, _ = select.select([server, ended_r], [], [], 2)
+        if ended_r in ready:
+            os.read(ended_r, 512)
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if not pid:
+                break
+            conn = running.pop(pid)
+            with contextlib.suppress(OSError):  # a client that has gone (a test's timeout killed it)
+                conn.send(str(os.waitstatus_to_exitcode(status)).encode())
+            conn.close()
+        if server not in ready:
             continue
-        with conn:
-            message, fds, _, _ = socket.recv_fds(conn, MESSAGE, 3)
-            pid = os.fork()
-            if pid == 0:
-                server.close()
-                conn.close()
-                _command(json.loads(message), fds)
-            for fd in fds:
+        conn, _ = server.accept()
+        message, fds, _, _ = socket.recv_fds(conn, MESSAGE, 3)
+        pid = os.fork()
+        if pid == 0:
+            signal.set_wakeup_fd(-1)
+            for fd in (server.detach(), ended_r, ended_w, *(c.detach() for c in running.values())):
                 os.close(fd)
-            conn.send(str(pid).encode())
-            _, status = os.waitpid(pid, 0)
-            conn.send(str(os.waitstatus_to_exitcode(status)).encode())
+            conn.close()
+            _command(json.loads(message), fds)
+        for fd in fds:
+            os.close(fd)
+        conn.send(str(pid).encode())
+        running[pid] = conn
 
 
 # --- the client (in the tests' process)
@@ -126,25 +209,80 @@ def _socket_path() -> str:
     return _server["path"]
 
 
+class Process:
+    """What subprocess.Popen([python, -m, launch, *argv], ...) returns, for a command forked by the server:
+    pid, poll, wait, send_signal, terminate, kill, returncode (-N: ended by signal N) and stdout for a pipe.
+    stdin, stdout, stderr: open files (or None: /dev/null, and a pipe for stdout with pipe_stdout)."""
+
+    def __init__(self, argv: list[str], cwd, env: dict, stdout=None, stderr=None, pipe_stdout: bool = False,
+                 new_session: bool = False):
+        self.args = [sys.executable, "-m", "launch", *argv]
+        self.returncode, self.stdout = None, None
+        with open(os.devnull, "r+") as nothing:
+            out = stdout or nothing
+            if pipe_stdout:
+                read, write = os.pipe()
+                out, self.stdout = os.fdopen(write, "w"), os.fdopen(read, "r")
+            self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._conn.connect(_socket_path())
+            request = {"argv": argv, "cwd": str(cwd or os.getcwd()), "env": env, "new_session": new_session}
+            socket.send_fds(self._conn, [json.dumps(request).encode()],
+                            [nothing.fileno(), out.fileno(), (stderr or out).fileno()])
+            if pipe_stdout:
+                out.close()  # the command holds the pipe's only writing end: its end is the reader's EOF
+        self.pid = int(self._conn.recv(64))
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._conn.setblocking(False)
+            try:
+                self._ended(self._conn.recv(64))
+            except BlockingIOError:
+                pass
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._conn.settimeout(timeout)
+            try:
+                self._ended(self._conn.recv(64))
+            except socket.timeout:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str | None, None]:
+        out = self.stdout.read() if self.stdout else None
+        self.wait(timeout)
+        return out, None
+
+    def _ended(self, message: bytes) -> None:
+        self.returncode = int(message)
+        self._conn.close()
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 def run(argv: list[str], cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
     """What subprocess.run([python, -m, launch, *argv], capture_output=True, text=True) returns."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
-            open(os.devnull) as nothing, socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
-        conn.connect(_socket_path())
-        request = {"argv": argv, "cwd": str(cwd or os.getcwd()), "env": env}
-        socket.send_fds(conn, [json.dumps(request).encode()], [nothing.fileno(), out.fileno(), err.fileno()])
-        pid = int(conn.recv(64))
-        conn.settimeout(timeout)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = Process(argv, cwd, env, stdout=out, stderr=err)
         try:
-            code = int(conn.recv(64))
-        except socket.timeout:
-            os.kill(pid, signal.SIGKILL)
-            conn.settimeout(None)
-            conn.recv(64)
-            raise subprocess.TimeoutExpired([sys.executable, "-m", "launch", *argv], timeout) from None
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess([sys.executable, "-m", "launch", *argv], code, out.read(), err.read())
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
 
 
 if __name__ == "__main__":
