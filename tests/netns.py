@@ -63,9 +63,12 @@ class Host:
     def run(self, argv: list, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(argv), capture_output=True, text=True, timeout=timeout)
 
-    def distrain(self, *args, log: Path) -> subprocess.Popen:
-        env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        return self.popen([sys.executable, "-m", "launch", *args], log, env)
+    def distrain(self, *args, log: Path):
+        """`distrain ARGS` on this host (a process in its network namespace), as subprocess.Popen starts it."""
+        from conftest import start_distrain
+
+        with log.open("w") as out:
+            return start_distrain(*args, stdout=out, netns=self.ns)
 
     def cut(self) -> None:
         """Pull the cable: the bridge side of this host's veth goes down; its packets go nowhere."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import distrain
 from imagefolder import make_imagefolder
 
 from distrib.config import ConfigError
@@ -24,8 +25,7 @@ SMALL = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--ste
 
 
 def bench(*args) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "launch", "bench", *map(str, args)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return distrain("bench", *args)
 
 
 def bench_json(*args) -> dict:

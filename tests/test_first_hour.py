@@ -162,7 +162,7 @@ def test_a_rank_failure_reaches_the_user_as_its_own_line(workdir, tmp_path):
 
     small = tmp_path / "small"
     small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         run_dir = small / "run"

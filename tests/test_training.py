@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY, assert_ok, distrain, metrics
+from conftest import TINY, TINY_ARCH, assert_ok, distrain, metrics
 from imagefolder import corrupt_file, make_imagefolder
 
 VAL_IMAGES = 29  # prime: no world size > 1 divides it
@@ -59,7 +59,7 @@ def test_only_rank_zero_writes(two_rank_run):
 def test_checkpoint_loads_weights_only_without_module_prefix(two_rank_run):
     ckpt = torch.load(two_rank_run / "checkpoints" / "last.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["model"])
-    assert ckpt["epoch"] == 2 and ckpt["batch"] == 0 and ckpt["arch"] == "resnet18"
+    assert ckpt["epoch"] == 2 and ckpt["batch"] == 0 and ckpt["arch"] == TINY_ARCH
     assert ckpt["num_classes"] == 8 and ckpt["classes"] == [f"class{i}" for i in range(8)]
     for key in ("optimizer", "scheduler", "scaler", "step", "best_acc1", "config", "rng"):
         assert key in ckpt
@@ -140,7 +140,7 @@ def test_mismatched_checkpoint_is_refused(two_rank_run, imagefolder, tmp_path):
     proc = distrain("train", "--data", imagefolder, "--resume", ckpt, "--run-dir", tmp_path / "r",
                     "--device", "cpu", *TINY, "--arch", "resnet34")
     assert proc.returncode == 2, proc.all
-    assert "is for --arch resnet18, not resnet34" in proc.stderr
+    assert f"is for --arch {TINY_ARCH}, not resnet34" in proc.stderr
     assert "Traceback" not in proc.all
 
     other = make_imagefolder(tmp_path / "six", classes=6, train_per_class=4, val_per_class=2)

@@ -136,7 +136,8 @@ def test_freeze_backbone_leaves_it_bit_identical_under_ddp(tmp_path, imagefolder
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "w.pt")
     run_dir = tmp_path / "run"
     proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--weights", tmp_path / "w.pt",
-                    "--freeze-backbone", "--head-lr-mult", "10", "--epochs", "1", "--run-dir", run_dir, *TINY)
+                    "--freeze-backbone", "--head-lr-mult", "10", "--epochs", "1", "--run-dir", run_dir, *TINY,
+                    "--arch", "resnet18")
     assert_ok(proc)
     assert "replacing classifier fc: 1000 -> 8 classes" in proc.stdout
     lr, head = re.search(r"lr (\S+) \(= .*head lr (\S+) \(--head-lr-mult 10\)", proc.stdout).groups()
@@ -169,7 +170,7 @@ def test_pretrained_reads_the_cache_the_launcher_checked(tmp_path, imagefolder):
     torch.save(state, cache / "resnet18-f37072fd.pth")
     run_dir = tmp_path / "run"
     proc = distrain("train", "--device", "cpu", "--data", imagefolder, "--pretrained", "--freeze-backbone",
-                    "--epochs", "1", "--steps-per-epoch", "2", "--run-dir", run_dir, *TINY,
+                    "--epochs", "1", "--steps-per-epoch", "2", "--run-dir", run_dir, *TINY, "--arch", "resnet18",
                     env={"TORCH_HOME": str(tmp_path / "torch")})
     assert_ok(proc)
     trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]

@@ -45,6 +45,8 @@ def _command(request: dict, fds: list[int]) -> None:
         os.close(fd)
     if request.get("new_session"):
         os.setsid()
+    if request.get("netns"):  # what `ip netns exec NAME` does for the network: that namespace's interfaces
+        _enter_netns(request["netns"])
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -54,7 +56,7 @@ def _command(request: dict, fds: list[int]) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sys.argv = [str(Path(sys.modules["launch"].__file__).with_name("__main__.py")), *request["argv"]]
     sys.path[0] = os.getcwd()  # `python -m` puts the current folder first
-    _agents_forked()
+    _children_forked()
     code = 0
     try:
         from launch.cli import main
@@ -76,41 +78,65 @@ def _command(request: dict, fds: list[int]) -> None:
         os._exit(code)
 
 
-class _ForkedAgent:
-    """What subprocess.Popen returns to launch/run_local.py, for an agent forked by _popen."""
+def _enter_netns(name: str) -> None:
+    import ctypes
+
+    clone_newnet = 0x40000000
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    if ctypes.CDLL(None, use_errno=True).setns(fd, clone_newnet) != 0:
+        raise OSError(ctypes.get_errno(), f"setns to network namespace {name}")
+    os.close(fd)
+
+
+class _Forked:
+    """What subprocess.Popen returns (pid, wait, poll, returncode), for a process forked by _popen."""
 
     def __init__(self, pid: int):
         self.pid, self.returncode = pid, None
 
-    def wait(self, timeout=None) -> int:
+    def _reap(self, flags: int) -> int | None:
         if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
+            pid, status = os.waitpid(self.pid, flags)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
+    def wait(self, timeout=None) -> int:
+        return self._reap(0)
 
-def _popen(argv, *, env, start_new_session, stderr, preexec_fn, **rest):
-    """subprocess.Popen for launch/run_local.py: `python -m distrib.agent ARGS` (the torchrun agent) becomes a
-    fork of this command, which has imported what the agent imports; any other command starts as before."""
+    def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+
+def _popen(argv, *, env, stdout=None, stderr=None, start_new_session=False, preexec_fn=None, **rest):
+    """subprocess.Popen for the launcher (launch/run_local.py, launch/sweep.py): `python -m distrib.agent ARGS`
+    (the torchrun agent) and `python -m launch ARGS` (a sweep's launches) become forks of this command, which
+    has imported what they import; any other command starts as before."""
     from distrib.runtime import quick_exit
 
-    if argv[1:3] != ["-m", "distrib.agent"] or rest or not start_new_session:
-        return subprocess.Popen(argv, env=env, start_new_session=start_new_session, stderr=stderr,
+    module = argv[2] if argv[:2] == [sys.executable, "-m"] else None
+    if module not in ("distrib.agent", "launch") or rest:
+        return subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr, start_new_session=start_new_session,
                                 preexec_fn=preexec_fn, **rest)
-    quick_exit._flush_open_files()  # nothing buffered is written twice, by the agent's exit too
+    quick_exit._flush_open_files()  # nothing buffered is written twice, by the child's exit too
     pid = os.fork()
     if pid:
-        return _ForkedAgent(pid)
-    try:  # what Popen does between fork and exec, then what `python -m distrib.agent` does
-        os.setsid()
+        return _Forked(pid)
+    try:  # what Popen does between fork and exec, then what `python -m MODULE` does
+        if start_new_session:
+            os.setsid()
+        if stdout is not None:
+            os.dup2(stdout.fileno(), 1)
         if stderr is not None:
-            os.dup2(stderr.fileno(), 2)
+            os.dup2(1 if stderr == subprocess.STDOUT else stderr.fileno(), 2)
         if preexec_fn is not None:
             preexec_fn()
+        if module == "launch":
+            _command({"argv": argv[3:], "cwd": os.getcwd(), "env": env}, [])
         os.environ.clear()
         os.environ.update(env)
         tempfile.tempdir = None
-        for s in (signal.SIGTERM, signal.SIGHUP):
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         import torch
@@ -126,16 +152,18 @@ def _popen(argv, *, env, start_new_session, stderr, preexec_fn, **rest):
     os._exit(1)
 
 
-def _agents_forked() -> None:
-    """A launch in this command forks its torchrun agent from here, as the agent forks its ranks: the agent
-    is distrib/agent.py's own main, in its own session, with the launcher's environment for it, its stderr
-    file and its parent-death signal; only the new interpreter's imports are left out (~5 CPU-s a launch).
-    fresh=True launches start the agent as a new interpreter, as every user's does."""
+def _children_forked() -> None:
+    """A launch in this command forks its torchrun agent from here, as the agent forks its ranks, and a sweep
+    forks its points' launches: each is the module's own main (distrib/agent.py, launch/cli.py), in its own
+    session where Popen would make one, with the environment, output files and parent-death signal Popen
+    would give it; only the new interpreter's imports are left out (~5 CPU-s a launch). fresh=True commands
+    start them as new interpreters, as every user's do."""
     import types
 
-    from launch import run_local
+    from launch import run_local, sweep
 
     run_local.subprocess = types.SimpleNamespace(Popen=_popen)
+    sweep.subprocess = types.SimpleNamespace(Popen=_popen, STDOUT=subprocess.STDOUT)
 
 
 def serve(path: str) -> None:
@@ -212,10 +240,11 @@ def _socket_path() -> str:
 class Process:
     """What subprocess.Popen([python, -m, launch, *argv], ...) returns, for a command forked by the server:
     pid, poll, wait, send_signal, terminate, kill, returncode (-N: ended by signal N) and stdout for a pipe.
-    stdin, stdout, stderr: open files (or None: /dev/null, and a pipe for stdout with pipe_stdout)."""
+    stdout, stderr: open files (None: /dev/null; stderr with stdout; a pipe for stdout with pipe_stdout).
+    netns: a network namespace to run in (`ip netns exec NAME`)."""
 
     def __init__(self, argv: list[str], cwd, env: dict, stdout=None, stderr=None, pipe_stdout: bool = False,
-                 new_session: bool = False):
+                 new_session: bool = False, netns: str | None = None):
         self.args = [sys.executable, "-m", "launch", *argv]
         self.returncode, self.stdout = None, None
         with open(os.devnull, "r+") as nothing:
@@ -225,7 +254,8 @@ class Process:
                 out, self.stdout = os.fdopen(write, "w"), os.fdopen(read, "r")
             self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._conn.connect(_socket_path())
-            request = {"argv": argv, "cwd": str(cwd or os.getcwd()), "env": env, "new_session": new_session}
+            request = {"argv": argv, "cwd": str(cwd or os.getcwd()), "env": env, "new_session": new_session,
+                       "netns": netns}
             socket.send_fds(self._conn, [json.dumps(request).encode()],
                             [nothing.fileno(), out.fileno(), (stderr or out).fileno()])
             if pipe_stdout:
