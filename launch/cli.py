@@ -153,8 +153,8 @@ def train(cli: dict, config: Optional[Path] = CONFIG_OPTION):
 # eval, predict and export take a few training options with another meaning: the checkpoint decides
 CHECKPOINT = "Instead of the checkpoint's own"
 USE_OVERRIDES = {
-    "data": {"group": TRAINING, "help": "What to score: the data the checkpoint trained on (its held-out "
-             "--val-split images, or val/), another root's val/, or every image of class folders."},
+    "data": {"group": TRAINING, "help": "What to score: the data the checkpoint trained on (the default; its "
+             "held-out --val-split images, or val/), another root's val/, or every image of class folders."},
     "image_size": {"group": CHECKPOINT, "hide_default": True, "help": "Crop size (default: the checkpoint's, "
                    "recorded at training)."},
     "val_crop_size": {"group": CHECKPOINT, "hide_default": True, "help": "Centre-crop size (default: the "

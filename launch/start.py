@@ -242,17 +242,30 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
     """`distrain eval`: the checkpoint's own preprocessing and classes, on 1 process or P through torchrun."""
     from launch import model_tools
 
-    if not cli.get("data"):
-        raise ConfigError("eval needs --data DIR (class folders, or a root with val/); see `distrain eval --help`")
-    RunConfig(**cli, gpus=gpus, procs=procs).validate()  # what was typed, before anything is read
+    record = None
+    if not cli.get("data"):  # the data it trained on, as recorded in the checkpoint (an absolute path)
+        record = model_tools.read_checkpoint(checkpoint)
+        cli = {**cli, "data": _trained_data(record)}
+    RunConfig(**cli, gpus=gpus, procs=procs).validate()  # what was typed, before anything else is read
     gpus = model_tools.check_gpus(gpus)
     nprocs = gpus if gpus > 0 else procs
-    record = model_tools.read_checkpoint(checkpoint)
+    record = record or model_tools.read_checkpoint(checkpoint)
     with model_tools.scratch_run_dir("eval-data") as scratch:
         target = eval_target.choose(str(cli["data"]), record.config, scratch)
         model_tools.check_classes(record, target.data, target.val_split)
         console.err.print(f"scoring {target.says}", soft_wrap=True, markup=False)
         return _evaluate(record, target, cli, gpus, procs, nprocs, as_json, out, warn, ema, report)
+
+
+def _trained_data(record) -> str:
+    data = record.config.get("data")
+    if record.config.get("synthetic") or not data:
+        raise ConfigError(f"{record.path} was trained on synthetic images: give the data to score with --data DIR "
+                          "(class folders, or a root with val/)")
+    if not os.path.isdir(data):
+        raise ConfigError(f"{record.path} was trained on {data}, which is not there any more: give the data to "
+                          "score with --data DIR (class folders, or a root with val/)")
+    return data
 
 
 def _evaluate(record, target, cli: dict, gpus: int, procs: int, nprocs: int, as_json: bool, out, warn,

@@ -220,6 +220,18 @@ def test_a_val_split_run_records_it_and_eval_scores_the_same_images(data, tmp_pa
     assert proc.returncode == 0, proc.all
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["samples"] == 6 and result["acc1"] == pytest.approx(row["val_acc1"], rel=1e-6)
+    # Without --data: the data it trained on, recorded in the checkpoint; the same held-out images
+    proc = distrain("eval", "--checkpoint", run / "checkpoints" / "last.pt", "--gpus", "0", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.all
+    assert f"scoring the images of {data} held out by --val-split 0.34 (seed 5)" in proc.stderr
+    alone = json.loads(proc.stdout.strip().splitlines()[-1])  # 1 process: the loss summed in another order
+    assert {**alone, "loss": pytest.approx(result["loss"], rel=1e-6)} == result
+    shutil.move(data, tmp_path / "moved")
+    gone = distrain("eval", "--checkpoint", run / "checkpoints" / "last.pt", "--gpus", "0")
+    assert gone.returncode == 2 and "Traceback" not in gone.all, gone.all
+    assert gone.stderr.strip().splitlines() == [f"error: {run / 'checkpoints' / 'last.pt'} was trained on {data}, "
+                                                "which is not there any more: give the data to score with --data "
+                                                "DIR (class folders, or a root with val/)"]
 
 
 def test_index_and_pack_commands(data, tmp_path):
