@@ -70,15 +70,16 @@ def settle_preprocessing(record: ModelRecord, cli: dict, warn) -> Preprocessing:
     return replace(pre, **typed)
 
 
-def check_classes(record: ModelRecord, data: str, val_split: float | None) -> None:
-    """The data's class folders must be the checkpoint's, in the same order, before anything starts."""
+def check_classes(record: ModelRecord, data: str, val_split: float | None, shown: str | None = None) -> None:
+    """The data's class folders must be the checkpoint's, in the same order, before anything starts.
+    shown: the folder the user named, when `data` is a view of it (eval of class folders without val/)."""
     classes = formats.check(RunConfig(data=data, val_split=val_split))
     if classes != record.classes:
         extra = sorted(set(classes) - set(record.classes))
         missing = sorted(set(record.classes) - set(classes))
         detail = (f"only in the data: {', '.join(extra[:5]) or '-'}; only in the checkpoint: "
                   f"{', '.join(missing[:5]) or '-'}")
-        raise ConfigError(f"{data} has {len(classes)} class folders; {record.path} was trained on "
+        raise ConfigError(f"{shown or data} has {len(classes)} class folders; {record.path} was trained on "
                           f"{len(record.classes)} others ({detail}); give data with the checkpoint's classes")
 
 

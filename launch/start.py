@@ -252,7 +252,7 @@ def evaluate(checkpoint, cli: dict, gpus, procs: int, as_json: bool, out, warn, 
     record = record or model_tools.read_checkpoint(checkpoint)
     with model_tools.scratch_run_dir("eval-data") as scratch:
         target = eval_target.choose(str(cli["data"]), record.config, scratch)
-        model_tools.check_classes(record, target.data, target.val_split)
+        model_tools.check_classes(record, target.data, target.val_split, shown=str(cli["data"]))
         console.err.print(f"scoring {target.says}", soft_wrap=True, markup=False)
         return _evaluate(record, target, cli, gpus, procs, nprocs, as_json, out, warn, ema, report)
 

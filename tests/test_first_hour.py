@@ -123,6 +123,9 @@ def test_checkpoint_mistakes_in_eval_are_one_line(workdir, finished, tmp_path):
     other = make_imagefolder(tmp_path / "other", classes=3)
     line = one_line_error(distrain("eval", "--checkpoint", best, "--data", other, cwd=workdir))
     assert "trained on 4" in line and "--resume" not in line
+    # Class folders without val/ (scored through a view of them): the message names the folder the user gave
+    line = one_line_error(distrain("eval", "--checkpoint", best, "--data", other / "train", cwd=workdir))
+    assert line.startswith(f"error: {other / 'train'} has 3 class folders; {best} was trained on 4 others"), line
     evil = tmp_path / "evil.pt"
     with evil.open("wb") as fh:
         pickle.dump({"model": Exception("x"), "arch": "resnet18"}, fh)
