@@ -163,6 +163,24 @@ def test_scancel_checkpoints_mid_epoch_stays_cancelled_and_the_same_command_resu
     assert_matches_straight(run_dir, request)
 
 
+def test_sigterm_to_the_batch_shell_alone_stops_the_ranks_at_a_step(imagefolder, tmp_path):
+    """SIGTERM that reaches only the batch script (`scancel --signal=TERM --batch`, as some preemption setups
+    send it): the script's TERM trap asks the ranks to stop, they write last.pt at a step boundary, nothing is
+    requeued, and `distrain status` says stopped."""
+    run_dir = tmp_path / "term-batch"
+    job, _ = submit(*EXACT, "--data", imagefolder, "--run-dir", run_dir, "--max-requeues", "3")
+    asked_at = wait_mid_epoch(run_dir, job)
+    subprocess.run(["scancel", "--signal=TERM", "--batch", job], check=True)
+    state = wait_job(job, timeout=120, release=False)
+    log = slurm_log(run_dir, job)
+    assert state == "COMPLETED" and job_restarts(job) == 0 and "requeueing" not in log, (state, log)
+    ckpt = assert_stopped_mid_epoch(run_dir, asked_at)
+    assert "stopped at" in (run_dir / "logs" / "rank0.log").read_text()  # the rank's own clean stop
+    status = distrain("status", run_dir)
+    where = position_words(ckpt["epoch"], ckpt["batch"], STEPS)
+    assert f"{run_dir}: stopped, {ckpt['epoch']} of 2 epochs done, last.pt at {where}" in status.stdout, status.all
+
+
 def test_preempted_job_requeues_up_to_the_cap_and_its_job_sbatch_resumes_exactly(request, imagefolder, tmp_path):
     """USR1 as SLURM sends it before a time limit, with --max-requeues 1. The first preemption: stop mid-epoch at
     a step, last.pt, requeue, resume at that step. The second: the cap is reached, the job stops with last.pt
