@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -375,3 +376,19 @@ def test_recipes_command_lists_them_with_sources():
     assert "tv-resnet-v1:" in proc.stdout and "tv-resnet50-v2:" in proc.stdout
     assert "--image-size 176" in proc.stdout and "--train-crop-size 176" in proc.stdout  # value and its source
     assert "80.858%" in proc.stdout
+
+
+def test_the_readmes_recipe_line_dry_runs_as_the_readme_says(imagefolder, tmp_path):
+    """The README's tv-resnet50-v2 line, verbatim but for the data, as a dry run on this machine (no GPUs):
+    the recipe's options, the learning rate scaled to the global batch, and the note on the published batch."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(x.strip() for x in readme.splitlines() if x.strip().startswith("distrain launch --recipe tv-resnet50-v2"))
+    argv = line.split()[1:]
+    argv[argv.index("--data") + 1] = str(imagefolder)
+    proc = distrain(*argv, "--dry-run", "--run-dir", tmp_path / "r", cwd=tmp_path)
+    assert_ok(proc)
+    out = proc.stdout + proc.stderr
+    assert "# world size 16: 2 node(s) x 8 cuda process(es)" in out
+    assert "# global batch 2048 (128 per process), lr 1 (= 0.125 x 2048/256)" in out
+    assert "# recipe tv-resnet50-v2: --arch resnet50 --epochs 600 --batch-size 128 --lr 0.125" in out
+    assert "tv-resnet50-v2 was published at global batch 1024" in out

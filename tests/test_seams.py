@@ -240,6 +240,12 @@ def test_slurm_dry_run_takes_the_topology_from_the_partition_and_asks_for_cpus(d
     gpus = distrain("launch", "--slurm", "--gpus", "4", "--data", downloaded, "--val-split", "0.2", "--dry-run",
                     "--run-dir", tmp_path / "r", cwd=tmp_path)
     assert "4 GPU(s) per node (from --gpus)" in gpus.stderr and "--gpus-per-node=4" in gpus.stdout
+    gres = distrain("launch", "--slurm", "--gpus", "2", "--gpu-directive", "gres", "--cpus-per-gpu", "1", "--data",
+                    downloaded, "--val-split", "0.2", "--dry-run", "--run-dir", tmp_path / "r", cwd=tmp_path)
+    assert_ok(gres)
+    assert "#SBATCH --gres=gpu:2\n" in gres.stdout and "--gpus-per-node" not in gres.stdout
+    assert "#SBATCH --cpus-per-task=2\n" in gres.stdout  # one torchrun task per node: 1 CPU for each of its 2 GPUs
+    assert "# 2 CPU cores per node (--cpus-per-gpu 1; --cpus-per-gpu N to change)" in gres.stderr
     wrong = distrain("launch", "--slurm", "--partition", "nope", "--data", downloaded, "--val-split", "0.2",
                      "--dry-run", cwd=tmp_path)
     assert "SLURM here knows no such partition" in one_line_error(wrong)

@@ -100,6 +100,21 @@ def test_bad_sweeps_are_one_line(imagefolder, args, expected):
     assert expected in one_line_error(distrain("sweep", "--data", imagefolder, *args, "--dry-run"))
 
 
+def test_a_sampled_sweep_draws_its_points_in_the_ranges_the_same_for_the_same_command(imagefolder, tmp_path):
+    args = ["sweep", "--gpus", "0", "--data", imagefolder, "--lr", "loguniform:0.01:0.1", "--batch-size", "int:8:32",
+            "--momentum", "uniform:0.8:0.95", "--sample", "4", "--seed", "7", "--sweep-dir", tmp_path / "s", "--dry-run"]
+    proc = distrain(*args)
+    assert_ok(proc)
+    points = re.findall(r"^point \d+: distrain launch .*--lr (\S+) --batch-size (\S+) --momentum (\S+) ", proc.stdout,
+                        re.MULTILINE)
+    assert len(points) == 4, proc.stdout
+    for lr, batch, momentum in points:
+        assert 0.01 <= float(lr) <= 0.1 and batch.isdigit() and 8 <= int(batch) <= 32 and 0.8 <= float(momentum) <= 0.95
+    assert len({p[0] for p in points}) == 4  # drawn, not a grid
+    assert distrain(*args).stdout == proc.stdout  # the same command draws the same points
+    assert distrain(*args[:-6], "--seed", "8", *args[-4:]).stdout != proc.stdout
+
+
 def test_a_local_sweep_runs_two_at_once_and_the_same_command_starts_nothing_more(imagefolder, tmp_path):
     args = ["sweep", "--gpus", "0", "--data", imagefolder, *FAST, "--lr", "0.05,0.2", "--seed", "0,1",
             "--parallel", "2", "--sweep-dir", tmp_path / "s"]
