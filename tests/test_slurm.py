@@ -54,8 +54,8 @@ def test_two_node_job_completes_with_exact_validation(imagefolder, tmp_path):
     assert f"distrain status {run_dir}" in proc.stdout
     assert (run_dir / "job.sbatch").exists()
     shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
-    assert "Partition=debug" in shown and "Account=vision" in shown and "OverSubscribe=NO" in shown, shown
-    assert "#SBATCH --qos=normal" in (run_dir / "job.sbatch").read_text()  # (no QOS without accounting)
+    assert "Partition=debug" in shown and "Account=vision" in shown and "QOS=normal" in shown, shown
+    assert "OverSubscribe=NO" in shown, shown
     assert wait_job(job, timeout=300) == "COMPLETED", slurm_log(run_dir, job)
     assert "setup ran on n[1-2]" in slurm_log(run_dir, job)  # --setup: in the batch shell, before the launch
     rows = metrics(run_dir)
@@ -156,11 +156,37 @@ def test_scancel_checkpoints_mid_epoch_stays_cancelled_and_the_same_command_resu
     where = position_words(ckpt["epoch"], ckpt["batch"], STEPS)
     assert f"{run_dir}: stopped, {ckpt['epoch']} of 2 epochs done, last.pt at {where}; SLURM job {job}: CANCELLED" \
         in status.stdout, status.stdout
+    assert_status_from_sacct_once_squeue_forgets(run_dir, job, "CANCELLED", tmp_path)
     again, _ = submit(*command)
     assert again != job
     assert wait_job(again, timeout=300) == "COMPLETED", slurm_log(run_dir, again)
     resumed_at(run_dir, ckpt)
     assert_matches_straight(run_dir, request)
+
+
+def assert_status_from_sacct_once_squeue_forgets(run_dir: Path, job: str, state: str, tmp_path: Path) -> None:
+    """`distrain status` after slurmctld has purged the job (MinJobAge): the state comes from the real sacct
+    (slurmdbd and MariaDB of cluster.sh). squeue is made to answer as it does for a purged job; the cluster's
+    MinJobAge (600 s, which the other tests read final states within) is not waited out."""
+    deadline = time.monotonic() + 30  # slurmdbd records the job's end a moment after slurmctld
+    while time.monotonic() < deadline:
+        done = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr  # accounting is on (cluster.sh)
+        if done.stdout.strip().startswith(state):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"sacct never said {state} for job {job}: {done.stdout!r}")
+    shims = tmp_path / "purged-squeue"
+    shims.mkdir()
+    asked = shims / "asked"
+    (shims / "squeue").write_text(f"#!/bin/bash\necho \"$*\" >>{asked}\n"
+                                  "echo 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    (shims / "squeue").chmod(0o755)
+    status = distrain("status", run_dir, env={"PATH": f"{shims}:{os.environ['PATH']}"})
+    assert_ok(status)
+    assert asked.exists(), "status did not ask squeue"
+    assert f"SLURM job {job}: {state}" in status.stdout, status.stdout
 
 
 def test_sigterm_to_the_batch_shell_alone_stops_the_ranks_at_a_step(imagefolder, tmp_path):
