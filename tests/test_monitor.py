@@ -79,7 +79,7 @@ def scalar_tags(get, run: str, want: set[str]) -> dict:
 
 def test_step_figures_make_one_curve_across_a_stop_and_a_lost_checkpoint(imagefolder, tmp_path):
     run_dir = tmp_path / "runs" / "watched"
-    args = launch_args(imagefolder, run_dir, "--epochs", "1")
+    args = launch_args(imagefolder, run_dir, "--epochs", "1", "--log-grad-norm")
     stop_after(args, run_dir, 3)
     first = json.loads((run_dir / "position.json").read_text())
     assert 0 < first["batch"] < 12, first
@@ -97,7 +97,8 @@ def test_step_figures_make_one_curve_across_a_stop_and_a_lost_checkpoint(imagefo
     assert f"resuming at epoch 1, step {first['batch']}" in out.stdout
 
     step_tags = {"step/loss", "step/loss_max_rank", "step/lr", "step/images_per_sec", "step/step_time",
-                 "step/data_wait_share", "step/slowest_over_median", "memory/rss_gib_max"}
+                 "step/data_wait_share", "step/slowest_over_median", "memory/rss_gib_max",
+                 "step/grad_norm"}  # --log-grad-norm
     with tensorboard(run_dir.parent) as get:
         run = "watched/tb"
         scalar_tags(get, run, step_tags)

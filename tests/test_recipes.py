@@ -376,6 +376,13 @@ def test_recipes_command_lists_them_with_sources():
     assert "tv-resnet-v1:" in proc.stdout and "tv-resnet50-v2:" in proc.stdout
     assert "--image-size 176" in proc.stdout and "--train-crop-size 176" in proc.stdout  # value and its source
     assert "80.858%" in proc.stdout
+    one = distrain("recipes", "tv-resnet-v1")  # `distrain recipes NAME`: that recipe alone
+    assert_ok(one)
+    assert one.stdout.startswith("tv-resnet-v1:") and "tv-resnet50-v2" not in one.stdout, one.stdout
+    assert "--lr 0.1" in one.stdout
+    unknown = distrain("recipes", "nope")
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert unknown.stderr.strip() == "error: no recipe 'nope'; the recipes are tv-resnet-v1, tv-resnet50-v2"
 
 
 def test_the_readmes_recipe_line_dry_runs_as_the_readme_says(imagefolder, tmp_path):

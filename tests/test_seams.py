@@ -160,7 +160,7 @@ def test_ctrl_c_twice_stops_at_once_as_a_stop_and_the_same_command_resumes(downl
 
 
 COMMANDS = ["", "launch", "train", "eval", "check", "bench", "status", "predict", "export", "pack", "index",
-            "recipes", "tensorboard"]
+            "recipes", "tensorboard", "sweep"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

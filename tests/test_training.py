@@ -108,12 +108,20 @@ def test_eval_accuracy_is_identical_for_any_world_size(two_rank_run, imagefolder
 def test_data_parallel_path_runs_on_cpu(imagefolder, tmp_path):
     run_dir = tmp_path / "dp"
     proc = distrain("launch", "--strategy", "dp", "--gpus", "0", "--data", imagefolder, "--epochs", "1",
-                    "--steps-per-epoch", "2", "--run-dir", run_dir, *TINY, "--optimizer", "rmsprop")
+                    "--steps-per-epoch", "2", "--run-dir", run_dir, *TINY, "--optimizer", "rmsprop",
+                    "--weight-decay", "0.003", "--log-interval", "0")
     assert_ok(proc)
     assert "strategy dp" in proc.stdout and "optimizer rmsprop" in proc.stdout
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     state = ckpt["optimizer"]["state"]  # RMSprop's own state, saved for the resume
     assert state and all("square_avg" in s for s in state.values()) and "alpha" in ckpt["optimizer"]["param_groups"][0]
+    assert {g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]} == {0.003}  # --weight-decay
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert "train/loss" in tags and not any(t.startswith("step/") for t in tags), tags  # --log-interval 0
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert metrics(run_dir)[0]["val_samples"] == VAL_IMAGES
 
