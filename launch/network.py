@@ -38,7 +38,7 @@ class NodeNet:
 
     @property
     def hostname_is_loopback(self) -> bool:
-        return bool(self.hostname_addrs) and all(is_loopback(a) for a in self.hostname_addrs)
+        return only_loopback(self.hostname_addrs)
 
     def role(self) -> NodeRole:
         return NodeRole(is_host=self.is_host, local_addr=self.local_addr, ifname=self.ifname)
@@ -56,6 +56,11 @@ def is_loopback(addr: str) -> bool:
         return ipaddress.ip_address(addr.split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+def only_loopback(addrs) -> bool:
+    """A name that resolves (addrs) to loopback alone: no other machine reaches this one by it."""
+    return bool(addrs) and all(is_loopback(a) for a in addrs)
 
 
 def is_ip_literal(host: str) -> bool:
@@ -175,7 +180,7 @@ def slurm_node(head: str, node_id: int) -> tuple[NodeNet | None, NodeRole]:
 
 def _outside_node(host: str) -> NodeNet | None:
     addrs = resolve(host)
-    if not addrs or all(is_loopback(a) for a in addrs):
+    if not addrs or only_loopback(addrs):
         return None
     return node_network(host)
 

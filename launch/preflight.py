@@ -166,7 +166,7 @@ def check_rendezvous(cfg: RunConfig, plan: topology.Plan) -> Check | None:
     if not addrs:
         return Check("rendezvous", False, f"--rdzv-endpoint host {host!r} does not resolve here",
                      "use the first node's IP address or a name every node resolves")
-    if all(network.is_loopback(a) for a in addrs):
+    if network.only_loopback(addrs):
         return _loopback_endpoint(host, addrs, port, plan)
     node = network.node_network(host)
     if node is None:
@@ -209,7 +209,7 @@ def check_hostname(plan: topology.Plan | None) -> Check | None:
         return None
     name = socket.gethostname()
     addrs = network.resolve(name)
-    if addrs and not all(network.is_loopback(a) for a in addrs):
+    if addrs and not network.only_loopback(addrs):
         return Check("hostname", True, f"{name} resolves to {', '.join(addrs)}")
     detail = (f"this node's name {name} resolves to {', '.join(addrs) or 'nothing'}"
               + (" (loopback)" if addrs else "") + "; distrain passes torchrun --local-addr and sets "

@@ -182,8 +182,7 @@ def describe(plan: topology.Plan, cfg: RunConfig, launch_argv: list[str]) -> str
     host = plan.rdzv_endpoint.rpartition(":")[0]
     lines.insert(3, f"# rendezvous c10d at {plan.rdzv_endpoint} (id {plan.rdzv_id}), hosted by the node "
                     f"that carries {host}'s address; every node runs the same command")
-    addrs = network.resolve(host)
-    on_loopback = bool(addrs) and all(network.is_loopback(a) for a in addrs)  # every node on this machine
+    on_loopback = network.only_loopback(network.resolve(host))  # every node on this machine
     if not on_loopback:
         lines.insert(4, f"# NODE_ADDR: each node's own address on the interface that routes to {host} (found at "
                         "launch); its ranks get GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME naming that interface")

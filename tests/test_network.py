@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,6 +116,22 @@ def test_a_rendezvous_name_on_loopback_is_refused_before_anything_starts(tmp_pat
     check = distrain("check", "--nodes", "2", "--gpus", "0", "--rdzv-endpoint", "localhost:29400", "--synthetic",
                      "--run-dir", run_dir)
     assert check.returncode == 1 and "loopback" in check.stdout and "FAIL" in check.stdout, check.all
+
+
+@needs_hosts  # root: a UTS and mount namespace of its own
+def test_check_reports_a_hostname_that_resolves_to_loopback(tmp_path):
+    """`distrain check` on a node whose own name resolves to loopback (as many images' /etc/hosts have it):
+    in a UTS and mount namespace, the hostname is loopy-node and /etc/hosts maps it to 127.0.1.1."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.1.1 loopy-node\n")
+    command = (f"hostname loopy-node && mount --bind {hosts} /etc/hosts && exec {sys.executable} -m launch check "
+               f"--nodes 2 --gpus 0 --rdzv-endpoint 10.9.9.9:29400 --synthetic --run-dir {tmp_path / 'never'}")
+    proc = subprocess.run(["unshare", "--uts", "--mount", "sh", "-c", command], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "300"})
+    row = next((line for line in proc.stdout.splitlines() if line.strip("│ ").startswith("hostname")), "")
+    assert "warn" in row and "name loopy-node resolves to 127.0.1.1 (loopback)" in row, proc.stdout + proc.stderr
+    assert "map loopy-node to this node's address in /etc/hosts" in row
+    assert "Traceback" not in proc.stdout + proc.stderr and not (tmp_path / "never").exists()
 
 
 # --- real hosts ------------------------------------------------------------------------------------------------
