@@ -189,6 +189,24 @@ def assert_status_from_sacct_once_squeue_forgets(run_dir: Path, job: str, state:
     assert f"SLURM job {job}: {state}" in status.stdout, status.stdout
 
 
+def test_the_time_limit_warning_stops_the_run_at_a_step_before_slurm_ends_the_job(imagefolder, tmp_path):
+    """No signal sent by the test: SLURM's own USR1, --signal-seconds 70 before a --time of 2 minutes (slurmctld
+    checks time limits every 30 s, so it comes 20-50 s into the job), stops the run at a step boundary with
+    last.pt; at --max-requeues 0 the job says why it does not requeue and ends COMPLETED, not TIMEOUT."""
+    run_dir = tmp_path / "time-limit"
+    job, _ = submit("--nodes", "1", "--gpus", "0", "--procs", "1", "--data", imagefolder, "--epochs", "200",
+                    "--run-dir", run_dir, *TINY, "--time", "2:00", "--signal-seconds", "70", "--max-requeues", "0")
+    assert "#SBATCH --signal=B:USR1@70" in (run_dir / "job.sbatch").read_text()
+    assert wait_job(job, timeout=150, release=False) == "COMPLETED", slurm_log(run_dir, job)
+    log = slurm_log(run_dir, job)
+    assert "not requeueing: 0 requeues done (--max-requeues)" in log and job_restarts(job) == 0, log[-3000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < ckpt["step"] < 200 * 6 and "stopped at" in (run_dir / "logs" / "rank0.log").read_text()
+    elapsed = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "ElapsedRaw"], capture_output=True,
+                             text=True).stdout.split()
+    assert elapsed and int(elapsed[0]) < 120, elapsed  # ended by the warning, well before the limit
+
+
 def test_sigterm_to_the_batch_shell_alone_stops_the_ranks_at_a_step(imagefolder, tmp_path):
     """SIGTERM that reaches only the batch script (`scancel --signal=TERM --batch`, as some preemption setups
     send it): the script's TERM trap asks the ranks to stop, they write last.pt at a step boundary, nothing is
