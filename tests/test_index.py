@@ -68,9 +68,14 @@ def test_a_changed_class_folder_rebuilds_it(data):
 
 
 def test_distrain_cache_puts_every_index_there(data, tmp_path, monkeypatch):
-    monkeypatch.setenv("DISTRAIN_CACHE", str(tmp_path / "cache"))
-    idx = index.ensure(str(data))
-    assert idx.folder.startswith(str(tmp_path / "cache")) and not (data / index.INDEX_DIR).exists()
+    cache = tmp_path / "cache"
+    proc = distrain("index", data, env={"DISTRAIN_CACHE": str(cache)})  # writable DATA: still the cache
+    assert proc.returncode == 0, proc.all
+    folders = list((cache / "index").iterdir()) if (cache / "index").is_dir() else []
+    assert len(folders) == 1 and f"in {folders[0]}" in proc.stdout, (proc.stdout, folders)
+    assert not (data / index.INDEX_DIR).exists()
+    monkeypatch.setenv("DISTRAIN_CACHE", str(cache))
+    assert index.load(str(data)).folder == str(folders[0])  # the next process finds it there
 
 
 @pytest.fixture
