@@ -80,8 +80,13 @@ class RunPaths:
     def hang_stack(self, rank: int, host: str, attempt: int) -> str:
         return self._at("logs", "hang", f"rank{rank}-{host}-attempt{attempt}.stack")
 
-    def hang_trace(self, rank: int, host: str, attempt: int) -> str:
-        return self._at("logs", "hang", f"rank{rank}-{host}-attempt{attempt}.fr")  # its Flight Recorder trace
+    def hang_traces(self, attempt: int) -> str:
+        """The Flight Recorder traces of one attempt's ranks, one file each (`rank{R}`): the folder layout
+        `python -m torch.distributed.flight_recorder.fr_trace FOLDER` reads."""
+        return self._at("logs", "hang", f"flight-recorder-attempt{attempt}")
+
+    def hang_trace(self, rank: int, attempt: int) -> str:
+        return os.path.join(self.hang_traces(attempt), f"rank{rank}")
 
     @property
     def hang_explanation(self) -> str:

@@ -187,6 +187,16 @@ def test_hung_rank_times_out_naming_it(imagefolder, tmp_path):
     assert code == 1, text[-3000:]
     assert "rank 1 (at step" in text and "is hung" in text, text[-3000:]
     assert "--dist-timeout" in text
+    # rank 0's Flight Recorder trace, read with torch's own reader as the README says (the frozen rank wrote none)
+    traces = run_dir / "logs" / "hang" / "flight-recorder-attempt0"
+    assert "hang evidence:" in text and str(traces) in text
+    read = subprocess.run([sys.executable, "-m", "torch.distributed.flight_recorder.fr_trace", "-j",
+                           "--allow-incomplete-ranks", str(traces)], capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0 and "Traceback" not in read.stderr, read.stdout[-2000:] + read.stderr[-2000:]
+    shown = read.stdout + read.stderr  # fr_trace prints through logging
+    entries = [line for line in shown.splitlines() if "state=" in line]
+    assert "Rank 0" in shown and "Rank 1" not in shown and entries, shown[-2000:]
+    assert any(e.startswith("all_reduce(") for e in entries), entries  # DDP's gradient all-reduces
 
 
 def test_malicious_checkpoint_is_refused(imagefolder, tmp_path):

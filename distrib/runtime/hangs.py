@@ -4,8 +4,11 @@
     rankR-HOST-attemptN.stack   Python stacks of every thread of rank R (faulthandler), written by the rank itself
                                 when it has made no step for --dist-timeout seconds, plus the error it gave
                                 up with (HOST: its address; N: its agent's restart count)
-    rankR-HOST-attemptN.fr      its Flight Recorder trace (the last collectives, pickled; read it with
-                                `python -m torch.distributed.flight_recorder.fr_trace`)
+    flight-recorder-attemptN/rankR
+                                its Flight Recorder trace (the last collectives, pickled), a folder per attempt
+                                as fr_trace reads it: `python -m torch.distributed.flight_recorder.fr_trace -j
+                                --allow-incomplete-ranks FOLDER` (-j: each rank's entries; without it fr_trace
+                                matches the ranks' collectives, and needs every rank's trace)
     nccl-trace-rankR            NCCL's own Flight Recorder dump on a timeout (GPU runs)
     hung.txt                    the one-line explanation of the last hang (which rank, on which host, why)
 """
@@ -25,8 +28,8 @@ def evidence(run_dir: str) -> tuple[str | None, list[str]]:
     except OSError:
         return None, []
     files = [p for p in (os.path.join(paths.hangs, n) for n in names) if p != paths.hang_explanation]
-    files = sorted((p for p in files if os.path.isfile(p) and os.path.getsize(p) > 0),
-                   key=os.path.getmtime, reverse=True)
+    files = sorted((p for p in files if (os.path.isfile(p) and os.path.getsize(p) > 0) or os.path.isdir(p)),
+                   key=os.path.getmtime, reverse=True)  # a folder: one attempt's Flight Recorder traces
     try:
         with open(paths.hang_explanation) as fh:
             line = fh.read().strip() or None

@@ -51,7 +51,7 @@ class Heartbeat:
             self.store = dist.PrefixStore(f"distrain/heartbeat/{store_scope(env)}/", store)
             addr, port = self._listen(master)
             self.stack_path = paths.hang_stack(env.rank, addr, env.restart_count)
-            self.trace_path = paths.hang_trace(env.rank, addr, env.restart_count)
+            self.trace_path = paths.hang_trace(env.rank, env.restart_count)
             os.makedirs(paths.hangs, exist_ok=True)
             self._stack_fh = open(self.stack_path, "w")
             self.store.set(f"where/{env.rank}", f"{addr}:{port} {self.stack_path}")  # probe here; stacks there
@@ -156,10 +156,11 @@ class Heartbeat:
             import torch._C._distributed_c10d as c10d
 
             dump = c10d._dump_nccl_trace if dist.get_backend() == "nccl" else c10d._dump_fr_trace
-            trace = dump()
+            trace = named_as_its_entries(dump())
         except Exception as e:  # Flight Recorder is not in every torch build nor for every backend
             log.warning("no Flight Recorder trace: %s", e)
             return
+        os.makedirs(os.path.dirname(self.trace_path), exist_ok=True)
         with open(self.trace_path, "wb") as out:
             out.write(trace)
 
@@ -176,6 +177,22 @@ class Heartbeat:
             if not silent or time.monotonic() > deadline:
                 return silent
             time.sleep(0.2)
+
+
+def named_as_its_entries(trace: bytes) -> bytes:
+    """A Flight Recorder dump whose group config fr_trace can match to its entries. gloo's dump records the
+    default group's config under the name '' while its entries name the group '0', and fr_trace then stops
+    with KeyError ('0', 0); the config is renamed as the entries name it. (Our own bytes, just dumped.)"""
+    import pickle
+
+    dump = pickle.loads(trace)
+    config, named = dump.get("pg_config", {}), {tuple(e["process_group"]) for e in dump.get("entries", [])}
+    if "" in config and len(named) == 1:
+        name, desc = next(iter(named))
+        if name not in config:
+            config[name] = {**config.pop(""), "name": name, "desc": desc}
+            return pickle.dumps(dump)
+    return trace
 
 
 def _probe(where: str) -> str:
