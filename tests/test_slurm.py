@@ -50,7 +50,7 @@ def test_two_node_job_completes_with_exact_validation(imagefolder, tmp_path):
                        "--run-dir", run_dir, "--time", "10:00", "--signal-seconds", "60", *TINY,
                        *WITH_WORKERS,  # a SLURM job's ranks with loader workers (a fork server each)
                        "--partition", "debug", "--account", "vision", "--qos", "normal", "--exclusive",
-                       "--setup", "echo setup ran on $SLURM_JOB_NODELIST")
+                       "--setup", "echo setup ran on $SLURM_JOB_NODELIST", "--setup", f"distrain index {imagefolder}")
     assert f"distrain status {run_dir}" in proc.stdout
     assert (run_dir / "job.sbatch").exists()
     shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
@@ -58,6 +58,7 @@ def test_two_node_job_completes_with_exact_validation(imagefolder, tmp_path):
     assert "OverSubscribe=NO" in shown, shown
     assert wait_job(job, timeout=300) == "COMPLETED", slurm_log(run_dir, job)
     assert "setup ran on n[1-2]" in slurm_log(run_dir, job)  # --setup: in the batch shell, before the launch
+    assert f"index of {imagefolder}: 8 classes, train 96, val 29 images" in slurm_log(run_dir, job)  # as README's
     rows = metrics(run_dir)
     assert len(rows) == 1 and rows[0]["world_size"] == 2 and rows[0]["val_samples"] == VAL_IMAGES
     status = distrain("status", run_dir)

@@ -132,6 +132,19 @@ def test_a_local_sweep_runs_two_at_once_and_the_same_command_starts_nothing_more
     assert len(rows) == 4 and all("finished" in r for r in rows)
     best = max((metrics(tmp_path / "s" / r)[0]["val_acc1"], r) for r in runs)
     assert best[1] in rows[0] and f"{best[0]:.2f}" in rows[0]  # best first
+    # a point is an ordinary run: eval scores its best.pt as its training recorded, predict and export take it
+    point = tmp_path / "s" / best[1]
+    scored = distrain("eval", "--checkpoint", point / "checkpoints" / "best.pt", "--json")
+    assert_ok(scored)
+    assert json.loads(scored.stdout.strip().splitlines()[-1])["acc1"] == metrics(point)[-1]["val_acc1"]
+    preds = tmp_path / "preds.csv"
+    assert_ok(distrain("predict", "--checkpoint", point / "checkpoints" / "best.pt", Path(imagefolder) / "val",
+                       "--output", preds))
+    assert len(preds.read_text().splitlines()) == 1 + 29  # a header and a row per val image
+    exported = distrain("export", "--checkpoint", point / "checkpoints" / "best.pt", "--format", "safetensors",
+                        "--output", tmp_path / "export")
+    assert_ok(exported)
+    assert (tmp_path / "export" / "model.safetensors").is_file()
     # TensorBoard over the sweep dir: one experiment whose columns include both varied options, and a
     # session per point holding that point's values and its own final acc1
     experiment, sessions = hparams_of(tmp_path / "s")
