@@ -56,7 +56,7 @@ def imagefolder(tmp_path_factory) -> Path:
 
 def _two_ranks(imagefolder: Path, folder: Path) -> None:
     proc = distrain("launch", "--gpus", "0", "--procs", "2", "--data", imagefolder, "--epochs", "2",
-                    "--run-dir", folder / "two-ranks", *TINY)
+                    "--run-dir", folder / "two-ranks", *TINY, "--profile", "2:2")  # --profile alone: rank 0's
     assert_ok(proc)
     assert "world 2" in proc.stdout
 

@@ -53,7 +53,9 @@ def test_only_rank_zero_writes(two_rank_run):
     records = {"config.toml", "launch.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt",
                "position.json", "outcome.json", "live.json"}  # position.json: rank 0, beside last.pt; outcome.json:
     # the launcher; live.json: rank 0's newest step-level figures
-    assert all(p.startswith("tb/") for p in rest - records), rest
+    profile = {p for p in rest if p.startswith("profile/")}  # --profile without --profile-ranks: rank 0's only
+    assert profile == {"profile/rank0-trace.json", "profile/rank0-top.txt"}, profile
+    assert all(p.startswith("tb/") for p in rest - records - profile), rest
 
 
 def test_checkpoint_loads_weights_only_without_module_prefix(two_rank_run):
