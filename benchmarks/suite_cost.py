@@ -85,6 +85,8 @@ def kind(forked: bool, comm: str, command: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    parser.add_argument("--top", type=int, default=0, metavar="N",
+                        help="also print the N costliest command lines of processes started as new interpreters")
     parser.add_argument("command", nargs="*", default=[sys.executable, "-m", "pytest"])
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -109,20 +111,30 @@ def main() -> int:
     after = loop_seconds()
 
     rows = collections.defaultdict(lambda: [0, 0.0])
+    commands = collections.defaultdict(lambda: [0, 0.0])  # a new interpreter's command line (trimmed) -> count, CPU
     with open(log, "rb") as fh:
         data = fh.read()
     os.unlink(log)
     for offset in range(0, len(data) - ACCT.size + 1, ACCT.size):
         f = ACCT.unpack_from(data, offset)
         flag, pid, utime, stime, comm = f[0], f[6], f[10], f[11], f[18].split(b"\0")[0].decode(errors="replace")
+        seconds = (comp_t(utime) + comp_t(stime)) / TICKS
         row = rows[kind(bool(flag & AFORK), comm, seen.get(pid, ""))]
         row[0] += 1
-        row[1] += (comp_t(utime) + comp_t(stime)) / TICKS
+        row[1] += seconds
+        if not flag & AFORK and "python" in seen.get(pid, " ").split(" ", 1)[0]:
+            line = commands[" ".join(seen[pid].split()[1:7])[:110]]
+            line[0] += 1
+            line[1] += seconds
     print(f"{' '.join(args.command)}: exit {code}, {wall:.0f} s wall, {cpu:,.0f} CPU-s (machine), "
           f"loop {before:.2f} s before, {after:.2f} s after")
     print(f"{'CPU-s':>8} {'processes':>9}  kind")
     for name, (count, seconds) in sorted(rows.items(), key=lambda kv: -kv[1][1]):
         print(f"{seconds:8.1f} {count:9d}  {name}")
+    if args.top:
+        print(f"{'CPU-s':>8} {'processes':>9}  new interpreters by command line (its first words)")
+        for line, (count, seconds) in sorted(commands.items(), key=lambda kv: -kv[1][1])[:args.top]:
+            print(f"{seconds:8.1f} {count:9d}  {line}")
     if args.json:
         print(json.dumps({"command": args.command, "exit": code, "wall_s": round(wall, 1), "cpu_s": round(cpu),
                           "loop_before_s": round(before, 2), "loop_after_s": round(after, 2),
