@@ -40,7 +40,7 @@ PROGRESS_SECONDS = 30  # a progress line at least this often, however slow the s
 
 
 class NullWriter:
-    def start(self, config: dict, summary: str, resume_epoch: int = 0) -> None: ...
+    def start(self, config: dict, summary: str, resume_epoch: int = 0, gpu: bool = True) -> None: ...
     def epoch_started(self) -> None: ...
     def step(self, epoch: int, batch: int, batches: int, loss, images: int) -> None: ...
     def figures(self, figures: dict) -> None: ...
@@ -62,9 +62,9 @@ class RunWriter(NullWriter):
         self.tty = tty
         self._t0 = time.monotonic()
 
-    def start(self, config: dict, summary: str, resume_epoch: int = 0) -> None:
+    def start(self, config: dict, summary: str, resume_epoch: int = 0, gpu: bool = True) -> None:
         self._forget_rows_from(resume_epoch)
-        self.workers = config.get("workers")  # named by the input-bound verdict
+        self.workers, self.gpu = config.get("workers"), gpu  # named by the input-bound verdict
         toml_lines = "\n".join(f"    {k} = {v!r}" for k, v in sorted(config.items()))
         self.tb.add_text("config", toml_lines)
         log.info(summary)
@@ -155,7 +155,8 @@ class RunWriter(NullWriter):
                  row["val_acc5"], row["val_samples"], row["images_per_sec"], row["epoch_seconds"])
         if "data_wait_share" in row:
             log.info("%s: %s", epoch_name(row["epoch"]), input_verdict(
-                row["data_wait_share"], getattr(self, "workers", None), row.get("node_cores"), row.get("node_procs")))
+                row["data_wait_share"], getattr(self, "workers", None), row.get("node_cores"), row.get("node_procs"),
+                getattr(self, "gpu", True)))
         if "val_ema_acc1" in row:
             log.info("epoch %d: EMA val loss %.4f  acc1 %.2f%%  acc5 %.2f%%", row["epoch"] + 1, row["val_ema_loss"],
                      row["val_ema_acc1"], row["val_ema_acc5"])

@@ -109,7 +109,8 @@ def train(cfg: RunConfig, env: DistEnv, device: torch.device, stop: StopRequest,
                 heartbeat, StepMonitor(cfg.log_interval, env, device, model, steps_per_epoch, cfg.epochs,
                                        cfg.accum_steps, time_compute=not cfg.compile))
     progress = state.progress
-    loop.writer.start(cfg.to_toml_dict(), _summary(cfg, env, device, loaders, progress), progress.epoch)
+    loop.writer.start(cfg.to_toml_dict(), _summary(cfg, env, device, loaders, progress), progress.epoch,
+                      gpu=device.type == "cuda")
     loop.watch = Watch.start(cfg, env, loop.writer, loaders.classes, device, progress)
 
     amp_dtype = AMP_DTYPES[cfg.amp]

@@ -37,8 +37,10 @@ def position_words(epoch: int, step: int, steps: int | None) -> str:
 INPUT_BOUND_SHARE = 0.20  # a data-wait share of step time above this is worth acting on
 
 
-def input_verdict(share: float, workers: int | None = None, cores: int | None = None, procs: int | None = None) -> str:
-    """What a data-wait share of step time means, and what to do about it on this node when it is large."""
+def input_verdict(share: float, workers: int | None = None, cores: int | None = None, procs: int | None = None,
+                  gpu: bool = True) -> str:
+    """What a data-wait share of step time means, and what to do about it on this node when it is large
+    (--decode device only where training is on a GPU)."""
     said = f"the model waited on data {100 * share:.0f}% of step time"
     if share <= INPUT_BOUND_SHARE:
         return f"{said}: not input-bound"
@@ -52,5 +54,6 @@ def input_verdict(share: float, workers: int | None = None, cores: int | None = 
         else:
             more, full = "", (f" More --workers would not help: {workers} per process already use all {cores} "
                               f"cores here for {processes}.")
-    return (f"{said}: input-bound.{full} Try {more}--decode device (JPEGs decoded on the GPU, in batches); "
-            "or `distrain pack DATA OUT` (shards read faster than many small files)")
+    decode = "--decode device (JPEGs decoded on the GPU, in batches); or " if gpu else ""
+    return (f"{said}: input-bound.{full} Try {more}{decode}`distrain pack DATA OUT` (shards read faster than many "
+            "small files)")

@@ -65,8 +65,10 @@ def _input_lines(rows: list[dict], cfg) -> list[str]:
     last = rows[-1]
     if "data_wait_share" not in last:
         return []
+    on_cpu = cfg is not None and (cfg.gpus == 0 or cfg.device == "cpu")
     return [f"  {epoch_name(last['epoch'])}: " + input_verdict(last["data_wait_share"], cfg.workers if cfg else None,
-                                                           last.get("node_cores"), last.get("node_procs"))]
+                                                           last.get("node_cores"), last.get("node_procs"),
+                                                           gpu=not on_cpu)]
 
 
 def live_line(paths: RunPaths, now: float | None = None, running: bool = True) -> str | None:

@@ -117,6 +117,7 @@ def test_step_figures_make_one_curve_across_a_stop_and_a_lost_checkpoint(imagefo
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 <= row["data_wait_share"] <= 1 and row["node_cores"] >= 1
     assert "of step time" in out.stdout  # the epoch's verdict line
+    assert "--decode device" not in out.stdout  # GPU decoding is not offered to a CPU run
     status = distrain("status", run_dir)
     assert_ok(status)
     assert "global step 12" in status.stdout and "img/s" in status.stdout and "data wait" in status.stdout
@@ -381,3 +382,6 @@ def test_the_input_verdict_asks_for_more_workers_only_where_cores_are_spare():
     assert ("input-bound. More --workers would not help: 4 per process already use all 2 cores here for 2 training "
             "processes. Try --decode device") in full
     assert input_verdict(0.1, workers=4, cores=2, procs=2).endswith("10% of step time: not input-bound")
+    on_cpu = input_verdict(0.34, workers=4, cores=2, procs=2, gpu=False)  # a CPU run: no GPU decoding to offer
+    assert "--decode device" not in on_cpu and on_cpu.endswith("Try `distrain pack DATA OUT` (shards read faster "
+                                                                "than many small files)")
