@@ -51,9 +51,12 @@ def input_verdict(share: float, workers: int | None = None, cores: int | None = 
         if spare > workers:
             more = (f"more --workers (now {workers} per process; {cores} cores here for {processes}: up to {spare} "
                     "each); ")
-        else:
+        elif workers:
             more, full = "", (f" More --workers would not help: {workers} per process already use all {cores} "
                               f"cores here for {processes}.")
+        else:  # --workers 0: the training processes load their own data
+            more, full = "", (f" Loader workers would not help: {cores} cores here for {processes} leave none "
+                              "to spare.")
     decode = "--decode device (JPEGs decoded on the GPU, in batches); or " if gpu else ""
     return (f"{said}: input-bound.{full} Try {more}{decode}`distrain pack DATA OUT` (shards read faster than many "
             "small files)")

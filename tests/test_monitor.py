@@ -382,6 +382,8 @@ def test_the_input_verdict_asks_for_more_workers_only_where_cores_are_spare():
     assert ("input-bound. More --workers would not help: 4 per process already use all 2 cores here for 2 training "
             "processes. Try --decode device") in full
     assert input_verdict(0.1, workers=4, cores=2, procs=2).endswith("10% of step time: not input-bound")
+    assert "input-bound. Loader workers would not help: 2 cores here for 2 training processes leave none to spare." \
+        in input_verdict(0.34, workers=0, cores=2, procs=2)
     on_cpu = input_verdict(0.34, workers=4, cores=2, procs=2, gpu=False)  # a CPU run: no GPU decoding to offer
     assert "--decode device" not in on_cpu and on_cpu.endswith("Try `distrain pack DATA OUT` (shards read faster "
                                                                 "than many small files)")
