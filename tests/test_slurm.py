@@ -202,7 +202,8 @@ def test_the_time_limit_warning_stops_the_run_at_a_step_before_slurm_ends_the_jo
     log = slurm_log(run_dir, job)
     assert "not requeueing: 0 requeues done (--max-requeues)" in log and job_restarts(job) == 0, log[-3000:]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert 0 < ckpt["step"] < 200 * 6 and "stopped at" in (run_dir / "logs" / "rank0.log").read_text()
+    rank0 = (run_dir / "logs" / "rank0.log").read_text()  # a stop within an epoch, or at its end (6 short steps)
+    assert 0 < ckpt["step"] < 200 * 6 and re.search(r"stopped (at |after epoch )", rank0), rank0[-2000:]
     elapsed = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "ElapsedRaw"], capture_output=True,
                              text=True).stdout.split()
     assert elapsed and int(elapsed[0]) < 120, elapsed  # ended by the warning, well before the limit
