@@ -107,11 +107,14 @@ def rank_pids(config) -> dict[int, int]:
     ranks = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
-        for target in targets:
-            folder, name = os.path.split(target)
+        for fd in fds:
+            try:  # one fd at a time: a rank that loads its own images (--workers 0) closes files all the time
+                folder, name = os.path.split(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
             if folder == logs and name.startswith("rank") and name.endswith(".log"):
                 ranks[int(name[4:-4])] = int(pid)
     return ranks
