@@ -60,11 +60,12 @@ class RunWriter(NullWriter):
         # hides events at steps >= purge_step written before it), so its step curves have no duplicate step
         self.tb = SummaryWriter(self.paths.tb, purge_step=purge_step)
         self.tty = tty
+        self.workers, self.gpu = None, True  # named by the input-bound verdict; set by start()
         self._t0 = time.monotonic()
 
     def start(self, config: dict, summary: str, resume_epoch: int = 0, gpu: bool = True) -> None:
         self._forget_rows_from(resume_epoch)
-        self.workers, self.gpu = config.get("workers"), gpu  # named by the input-bound verdict
+        self.workers, self.gpu = config.get("workers"), gpu
         toml_lines = "\n".join(f"    {k} = {v!r}" for k, v in sorted(config.items()))
         self.tb.add_text("config", toml_lines)
         log.info(summary)
@@ -155,8 +156,7 @@ class RunWriter(NullWriter):
                  row["val_acc5"], row["val_samples"], row["images_per_sec"], row["epoch_seconds"])
         if "data_wait_share" in row:
             log.info("%s: %s", epoch_name(row["epoch"]), input_verdict(
-                row["data_wait_share"], getattr(self, "workers", None), row.get("node_cores"), row.get("node_procs"),
-                getattr(self, "gpu", True)))
+                row["data_wait_share"], self.workers, row.get("node_cores"), row.get("node_procs"), self.gpu))
         if "val_ema_acc1" in row:
             log.info("epoch %d: EMA val loss %.4f  acc1 %.2f%%  acc5 %.2f%%", row["epoch"] + 1, row["val_ema_loss"],
                      row["val_ema_acc1"], row["val_ema_acc5"])
