@@ -259,7 +259,7 @@ def tensorboard(runs_dir: Path = typer.Argument(Path("runs"), help="Folder holdi
 def check(cli: dict, config: Optional[Path] = CONFIG_OPTION,
           sample: Optional[int] = typer.Option(None, "--sample", metavar="N", min=1, help="Read N random images' headers "
                                                "instead of all (a quick look at a large dataset).")):
-    """Pre-flight checks with nothing trained: data, GPUs, backend, rendezvous, run dir, disk."""
+    """Pre-flight checks with nothing trained: data, weights, GPUs, backend, rendezvous, run dir, disk."""
     from launch import preflight
 
     cfg = build_config(cli, config)

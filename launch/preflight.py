@@ -236,6 +236,7 @@ def full_checks(cfg: RunConfig, sample: int | None = None, out=None) -> list[Che
     checks = [check_data(cfg, name_hidden=True)]
     if checks[0].ok and not cfg.synthetic:
         checks.append(check_images(cfg, sample, out))
+    checks.append(check_start_weights(cfg, here=False))  # as the launch reads them; no download from a check
     gpus_here = topology.visible_gpus()
     try:
         plan = topology.make_plan(cfg, gpus_here)

@@ -175,6 +175,25 @@ def test_predict_from_an_export_takes_gpus_and_procs_as_meant(exports, reference
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("fmt", EXACT)
+def test_an_export_folder_fine_tunes_through_launch(fmt, exports, reference, imagefolder, tmp_path):
+    """The README's export -> fine-tune path: `launch --weights EXPORT_DIR --freeze-backbone`, one real rank
+    reading the folder; the backbone it trains from is the exported one, bit for bit."""
+    from conftest import TINY
+
+    run_dir = tmp_path / "tuned"
+    proc = distrain("launch", "--gpus", "0", "--data", imagefolder, "--weights", exports[fmt], "--freeze-backbone",
+                    "--epochs", "1", "--steps-per-epoch", "1", "--run-dir", run_dir, *TINY)
+    assert_ok(proc)
+    assert "replacing classifier" not in proc.stdout  # 8 classes in the file and in the data: the head is kept
+    exported = reference[0]["model"]  # the checkpoint's weights, which the export holds (compared above)
+    tuned = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    backbone = [k for k in exported if not k.startswith("fc.")]
+    assert any(k.endswith("running_var") for k in backbone)
+    assert [k for k in backbone if not torch.equal(tuned[k], exported[k])] == []
+    assert not torch.equal(tuned["fc.weight"], exported["fc.weight"])  # the head trained
+
+
 def test_export_refuses_a_folder_that_is_not_empty(trained_checkpoint, tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "notes.txt").write_text("mine")

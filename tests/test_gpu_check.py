@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import warm_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -19,11 +21,27 @@ from gpu_check import Check, Step, run_all  # noqa: E402
 CUDA_ONLY = {"bench_compile", "bench_fp16"}
 
 
-def test_the_whole_check_passes_on_the_cpu(tmp_path):
+def _forked_from_the_warm_server(argv, *, cwd, env, stdout, stderr, stdin=None, start_new_session=False):
+    """subprocess.Popen for gpu_check's steps: a `python -m launch ARGS` step becomes a command forked from the
+    tests' warm server (tests/warm_cli.py: launch.cli.main in its own session, with the step's folder,
+    environment and output files), not a new interpreter importing torch again (~5 CPU-s a step). The Python
+    probe (`-c`) starts as before; so does every step with DISTRAIN_TEST_FRESH=1. Starting real processes,
+    timing them out and ending their trees is proven by the next-but-one test, with real interpreters."""
+    if argv[1:3] != ["-m", "launch"] or os.environ.get("DISTRAIN_TEST_FRESH"):
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=stdin,
+                                start_new_session=start_new_session)
+    return warm_cli.Process(argv[3:], cwd, env, stdout, stderr, new_session=start_new_session)
+
+
+def test_the_whole_check_passes_on_the_cpu(tmp_path, monkeypatch, capsys):
     out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu",
-                           "--out", str(out), "--work", str(tmp_path / "work")], capture_output=True, text=True,
-                          timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--device", "cpu", "--out", str(out),
+                                      "--work", str(tmp_path / "work")])
+    monkeypatch.setattr(gpu_check, "subprocess", SimpleNamespace(
+        Popen=_forked_from_the_warm_server, TimeoutExpired=subprocess.TimeoutExpired, DEVNULL=subprocess.DEVNULL))
+    code = gpu_check.main()
+    printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     steps = {s["step"]: s for s in report["steps"]}
     assert list(steps) == [s.name for s in gpu_check.STEPS]  # every step, in order
@@ -31,14 +49,14 @@ def test_the_whole_check_passes_on_the_cpu(tmp_path):
               if s["status"] not in ("passed", "skipped: needs CUDA")}
     assert not failed, failed
     assert {name for name, s in steps.items() if s["status"] == "skipped: needs CUDA"} == CUDA_ONLY
-    assert proc.returncode == 0 and report["passed"], proc.stdout + proc.stderr
+    assert code == 0 and report["passed"], printed
     assert report["torch"] and report["date"] and report["device"] == "cpu"
     # What each step proves, from its figures (the table prints them).
     assert steps["bench_eager"]["figures"]["images_per_sec"] > 0
     assert steps["bench_decode"]["figures"]["loader_images_per_sec"] > 0
     assert steps["train_resume"]["figures"]["epoch"] == 1  # the second run continued the first
     assert steps["eval"]["figures"]["samples"] == gpu_check.SIZES["cpu"]["val"]
-    assert "all steps passed" in proc.stdout and "bench_compile  skipped: needs CUDA" in proc.stdout
+    assert "all steps passed" in printed and "bench_compile  skipped: needs CUDA" in printed
 
 
 def test_the_gpu_budgets_fit_in_eight_minutes():

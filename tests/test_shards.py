@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -102,6 +103,50 @@ def test_interrupted_pack_completes_without_duplicates(folder, tmp_path):
     keys = [s["__key__"] for s in webdataset.WebDataset(sorted(map(str, (out / "train").glob("*.tar"))),
                                                          shardshuffle=False)]
     assert keys == [f"{i:08d}" for i in range(96)]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 200 KiB filesystem (tmpfs): a pack of the test folder fills it part of the way through."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        if os.environ.get("CI") or os.geteuid() == 0:
+            pytest.fail(f"mount -t tmpfs failed: {done.stderr.strip()}")
+        pytest.skip(f"needs root for a small tmpfs: {done.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_pack_stopped_by_a_full_disk_resumes_with_the_same_command(folder, small_disk):
+    """`distrain pack` on a disk that fills: one line and exit 2, the finished shards kept and no half-written
+    one left; with room made, the same command writes only the others, and the shards hold every image once."""
+    out = small_disk / "shards"
+    command = ("pack", folder, out, "--shard-size", "8KB", "--procs", "2")
+    first = distrain(*command)
+    assert first.returncode == 2 and "Traceback" not in first.all, first.all
+    line = first.stderr.strip()
+    assert len(line.splitlines()) == 1 and "No space left on device" in line, line
+    kept, planned = map(int, re.search(r"(\d+) of (\d+) shards are finished and kept", line).groups())
+    finished = sorted(out.rglob("*.tar"))
+    assert 0 < kept == len(finished) < planned and not list(out.rglob("*.tmp")) and not (out / MANIFEST).exists()
+    written = {p: p.stat().st_mtime_ns for p in finished}
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)  # room made
+    second = distrain(*command)
+    assert_ok(second)
+    assert "train 96 images in" in second.stdout and len(list(out.rglob("*.tar"))) == planned
+    assert {p: p.stat().st_mtime_ns for p in finished} == written  # finished shards were not written again
+    manifest = json.loads((out / MANIFEST).read_text())
+    import webdataset
+
+    for split, count in (("train", 96), ("val", 29)):
+        shards = manifest["splits"][split]["shards"]
+        assert all(verify_shard(str(out), split, n) == [] for n in range(len(shards)))
+        keys = [s["__key__"] for s in webdataset.WebDataset([str(out / split / s["name"]) for s in shards],
+                                                             shardshuffle=False)]
+        assert keys == [f"{i:08d}" for i in range(count)]  # every image once, in order
 
 
 def test_check_catches_a_truncated_shard(folder, tmp_path):

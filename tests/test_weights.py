@@ -90,6 +90,18 @@ def test_every_layout_fine_tunes(layout, tmp_path):
     assert torch.isfinite(loss) and not torch.equal(before, model.fc.weight)
 
 
+def test_check_reads_every_layout_as_the_launcher_does(tmp_path):
+    """`distrain check --weights` runs the launcher's own reading, the one every launch does before it starts
+    anything: each layout found, fitted to --arch, its classifier named (the ranks' reading is the one above)."""
+    state = resnet18_state()
+    for layout, make in LAYOUTS.items():
+        make(state, tmp_path / layout)
+        proc = distrain("check", "--gpus", "0", "--synthetic", "--arch", "resnet18", "--weights",
+                        tmp_path / layout, "--run-dir", tmp_path / "run", env={"COLUMNS": "400"})
+        assert proc.returncode == 0, (layout, proc.all)
+        assert f"{tmp_path / layout} fits --arch resnet18 (classifier fc: 1000 classes" in proc.stdout, proc.all
+
+
 def test_head_is_kept_when_the_class_count_is_the_same(tmp_path):
     state = resnet18_state(num_classes=4)
     torch.save(state, tmp_path / "w.pt")
@@ -169,10 +181,11 @@ def test_pretrained_reads_the_cache_the_launcher_checked(tmp_path, imagefolder):
     state = resnet18_state(seed=1)
     torch.save(state, cache / "resnet18-f37072fd.pth")
     run_dir = tmp_path / "run"
-    proc = distrain("train", "--device", "cpu", "--data", imagefolder, "--pretrained", "--freeze-backbone",
+    proc = distrain("launch", "--gpus", "0", "--data", imagefolder, "--pretrained", "--freeze-backbone",
                     "--epochs", "1", "--steps-per-epoch", "2", "--run-dir", run_dir, *TINY, "--arch", "resnet18",
                     env={"TORCH_HOME": str(tmp_path / "torch")})
     assert_ok(proc)
+    assert "replacing classifier fc: 1000 -> 8 classes" in proc.stdout  # the file found, read by the rank
     trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert torch.equal(trained["conv1.weight"], state["conv1.weight"])
     assert torch.equal(trained["layer4.1.bn2.running_var"], state["layer4.1.bn2.running_var"])

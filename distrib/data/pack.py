@@ -9,8 +9,11 @@ is what marks OUT as a dataset. Shards are written by P processes (--procs), one
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import shutil
 import tarfile
 from multiprocessing import get_context
 
@@ -61,14 +64,23 @@ def _write_shard(job) -> int:
 
     source, folder, name, start, stop = job
     final, tmp = os.path.join(folder, name), os.path.join(folder, name + ".tmp")
-    with open(tmp, "wb") as f:
-        writer = webdataset.TarWriter(f)
-        for i in range(start, stop):
-            path = source.path(i)
-            with open(path, "rb") as image:
-                writer.write({"__key__": member_key(i), image_ext(path): image.read(),
-                              "cls": int(source.labels[i])})
-        writer.close()
+    try:
+        with open(tmp, "wb") as f:
+            writer = webdataset.TarWriter(f)
+            try:
+                for i in range(start, stop):
+                    path = source.path(i)
+                    with open(path, "rb") as image:
+                        writer.write({"__key__": member_key(i), image_ext(path): image.read(),
+                                      "cls": int(source.labels[i])})
+                writer.close()
+            except OSError:
+                writer.tarstream.fileobj.closed = True  # its buffer is dropped, not written again at exit
+                raise
+    except OSError as e:  # a full disk: the half-written file would hold the very space that ran out
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(e.errno, e.strerror, e.filename or tmp) from None
     # TarWriter does not report where it put each member; the tar headers do.
     with tarfile.open(tmp) as tar:
         where = {m.name: (m.offset_data, m.size) for m in tar}
@@ -114,11 +126,22 @@ def pack(root: str, out: str, shard_bytes: int = DEFAULT_SHARD_BYTES, procs: int
     total = sum(len(s) for s, _ in layouts.values())
     done = total - sum(stop - start for *_, start, stop in jobs)
     progress(done, total)
-    with get_context("forkserver").Pool(max(1, procs)) as pool:
-        for count in pool.imap_unordered(_write_shard, jobs):
-            done += count
-            progress(done, total)
-    return _finish(out, idx.classes, layouts)
+    shards, left = sum(len(ranges) for _, ranges in layouts.values()), len(jobs)
+    try:
+        with get_context("forkserver").Pool(max(1, procs)) as pool:
+            for count in pool.imap_unordered(_write_shard, jobs):
+                done, left = done + count, left - 1
+                progress(done, total)
+        return _finish(out, idx.classes, layouts)
+    except OSError as e:  # a full disk, a quota, a lost mount: what is finished stays, the same command resumes
+        for split in layouts:  # shards the pool had begun when it was stopped: they hold space, and count for nothing
+            for name in glob.glob(os.path.join(glob.escape(os.path.join(out, split)), "*.tar.tmp")):
+                with contextlib.suppress(OSError):
+                    os.remove(name)
+        free = shutil.disk_usage(out).free / 2**20
+        raise ConfigError(f"pack stopped at {e.filename or out}: {e.strerror or e} ({free:.1f} MiB free there); "
+                          f"{shards - left} of {shards} shards are finished and kept: once that is fixed, the same "
+                          f"command writes the other {left}") from None
 
 
 def _finish(out: str, classes: list[str], layouts: dict) -> dict:
