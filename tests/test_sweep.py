@@ -179,7 +179,7 @@ def running_steps(task: str) -> list[str]:
 
 
 @pytest.mark.slurm
-def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_a_failed_point_resubmits(imagefolder, tmp_path):
+def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_a_failed_point_resubmits_alone(imagefolder, tmp_path):
     needs_cluster()
     sweep = tmp_path / "s"
     args = ["sweep", "--slurm", "--gpus", "0", "--data", imagefolder, *TINY, "--epochs", "4", "--lr", "0.05,0.2",
@@ -228,19 +228,26 @@ def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_only_a_failed_poi
     rows = {n: r[0] for n, r in rows.items()}
     assert sum("finished" in r for r in rows.values()) == 3, status.stdout
     assert "failed" in rows["lr0.2-seed1"] and "finished" not in rows["lr0.2-seed1"], status.stdout
-    # the same command submits the failed point alone, which resumes from its last.pt and completes
+    # the same command would submit the failed point alone (its dry run: the array script, task 3 only) ...
+    plan = distrain(*args, "--dry-run")
+    assert_ok(plan)
+    assert "complete: 3 (" in plan.stderr and "to run: 1 (lr0.2-seed1)" in plan.stderr, plan.stderr
+    assert "#SBATCH --array=3%2\n" in plan.stdout
+    # ... and the point's own job.sbatch resubmits it alone, from any folder: it resumes from its last.pt
+    point = sweep / "lr0.2-seed1"
+    job = subprocess.run(["sbatch", "--parsable", str(point / "job.sbatch")], cwd="/", capture_output=True,
+                         text=True, check=True).stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 300
+    while job_state(job) not in ("COMPLETED", "FAILED", "CANCELLED") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log = (point / "logs" / f"slurm-{job}.out").read_text()
+    assert job_state(job) == "COMPLETED", log
+    assert [r["epoch"] for r in metrics(point)] == [0, 1, 2, 3]
+    assert "resumed from" in log, log
+    # every point complete: the same command starts nothing more
     again = distrain(*args)
     assert_ok(again)
-    assert "complete: 3 (" in again.stderr and "to run: 1 (lr0.2-seed1)" in again.stderr, again.stderr
-    assert "points 3 (1 task(s)" in again.stdout
-    assert "#SBATCH --array=3%2\n" in (sweep / "job-0.sbatch").read_text()
-    job = re.search(r"submitted array job (\d+)", again.stdout).group(1)
-    deadline = time.monotonic() + 300
-    while job_state(f"{job}_3") not in ("COMPLETED", "FAILED", "CANCELLED") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert job_state(f"{job}_3") == "COMPLETED"
-    assert [r["epoch"] for r in metrics(sweep / "lr0.2-seed1")] == [0, 1, 2, 3]
-    assert "resumed from" in (sweep / "logs" / f"slurm-{job}_3.out").read_text()
+    assert "complete: 4 (" in again.stderr and "nothing to start" in again.stdout, again.all
     # the array's points side by side in TensorBoard's HPARAMS: a session per point, lr and seed as columns
     experiment, sessions = hparams_of(sweep)
     assert {"lr", "seed"} <= {h["name"] for h in experiment["hparamInfos"]}
