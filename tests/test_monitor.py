@@ -29,13 +29,13 @@ def start(args: list[str]):
     return start_distrain(*args, pipe_stdout=True)
 
 
-def wait_until(check, timeout: float, what: str):
+def wait_until(check, timeout: float, what: str, every: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -50,7 +50,8 @@ def stop_after(args: list[str], run_dir: Path, step: int) -> str:
     """Run until live.json shows `step`, then touch RUN_DIR/STOP; the launch's output."""
     proc = start(args)
     try:
-        wait_until(lambda: live_step(run_dir) >= step or proc.poll() is not None, 240, f"step {step}")
+        # polled often: a tiny step takes ~40 ms, and the stop must land well inside the 12-step epoch
+        wait_until(lambda: live_step(run_dir) >= step or proc.poll() is not None, 240, f"step {step}", every=0.02)
         (run_dir / "STOP").touch()
         out = proc.communicate(timeout=240)[0]
     finally:
@@ -88,8 +89,8 @@ def test_step_figures_make_one_curve_across_a_stop_and_a_lost_checkpoint(imagefo
     for name in ("checkpoints/last.pt", "position.json"):
         shutil.copy(run_dir / name, kept / Path(name).name)
     # a second attempt writes points past that checkpoint, then "dies": its checkpoint is lost
-    stop_after(args, run_dir, first["batch"] + 3)
-    assert json.loads((run_dir / "position.json").read_text())["batch"] > first["batch"] + 1
+    stop_after(args, run_dir, first["batch"] + 2)
+    assert json.loads((run_dir / "position.json").read_text())["batch"] > first["batch"]
     shutil.copy(kept / "last.pt", run_dir / "checkpoints" / "last.pt")
     shutil.copy(kept / "position.json", run_dir / "position.json")
     out = distrain(*args)
