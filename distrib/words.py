@@ -1,4 +1,4 @@
-"""How distrain says things to people, said once: an option's flag and a duration. Torch-free (the
+"""How distrain says things to people, said once: an option's flag, a count and a duration. Torch-free (the
 launcher, slurm/ and the ranks share it)."""
 
 from __future__ import annotations
@@ -7,6 +7,11 @@ from __future__ import annotations
 def flag(name: str) -> str:
     """A RunConfig field's command-line spelling without the dashes in front: batch_size -> batch-size."""
     return name.replace("_", "-")
+
+
+def counted(n: int, noun: str) -> str:
+    """1 shard, 4 shards, 2 processes: a count with its noun (regular English plurals)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith(('s', 'x', 'sh', 'ch')) else 's'}"
 
 
 def duration(seconds: float) -> str:
@@ -47,7 +52,7 @@ def input_verdict(share: float, workers: int | None = None, cores: int | None = 
     more, full = "more --workers; ", ""
     if workers is not None and cores and procs:
         spare = max(cores // procs - 1, 0)  # a core per training process, the rest for its loader workers
-        processes = f"{procs} training process{'es' if procs > 1 else ''}"
+        processes = counted(procs, "training process")
         if spare > workers:
             more = (f"more --workers (now {workers} per process; {cores} cores here for {processes}: up to {spare} "
                     "each); ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from distrib.config import RunConfig
+from distrib.words import counted
 
 
 def pack(data: str, output: str, shard_size: str, procs: int, out) -> int:
@@ -15,9 +16,9 @@ def pack(data: str, output: str, shard_size: str, procs: int, out) -> int:
     layout.splits(data, layout.tool_val_split(data, None))  # one-line errors first
     shard_bytes = packer.parse_size(shard_size)
     start = time.monotonic()
-    with live_progress(out, f"packing {data} ({procs} processes)") as progress:
+    with live_progress(out, f"packing {data} ({counted(procs, 'process')})") as progress:
         manifest = packer.pack(data, output, shard_bytes, procs, progress)
-    counts = ", ".join(f"{split} {m['count']} images in {len(m['shards'])} shards"
+    counts = ", ".join(f"{split} {counted(m['count'], 'image')} in {counted(len(m['shards']), 'shard')}"
                        for split, m in manifest["splits"].items())
     out.print(f"packed {len(manifest['classes'])} classes: {counts}, in {time.monotonic() - start:.1f} s; "
               f"train on it with --data {output}", soft_wrap=True, markup=False)

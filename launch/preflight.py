@@ -17,7 +17,7 @@ from distrib.data import formats
 from distrib.data.layout import count_images, split_dir
 from distrib.paths import RunPaths
 from distrib.runtime.env import cpu_cores
-from distrib.words import position_words
+from distrib.words import counted, position_words
 from launch import console, network, topology
 
 MIN_FREE_BYTES = 2 * 1024**3  # room for last.pt + best.pt of a large model, with headroom
@@ -257,7 +257,7 @@ def check_images(cfg: RunConfig, sample: int | None = None, out=None) -> Check:
     from distrib.data import scan
 
     procs = cpu_cores()
-    with console.progress(out, f"reading headers ({procs} processes)") as tick:
+    with console.progress(out, f"reading headers ({counted(procs, 'process')})") as tick:
         result = scan.scan(cfg, procs, sample, tick)
     what = f"{result.checked} {result.what} read" + (f" (a random {sample})" if sample else "")
     if not result.bad:
