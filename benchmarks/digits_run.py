@@ -125,7 +125,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="an existing digits folder (default: written to a temp dir)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="the README's sweep line instead of the first run")
-    parser.add_argument("--recipe", action="store_true", help="the README's 8-epoch recipe run, then stopped and resumed")
+    parser.add_argument("--recipe", action="store_true",
+                        help="the README's 8-epoch recipe run, then stopped and resumed")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -296,8 +296,8 @@ def test_recipe_precedence_defaults_recipe_file_command_line(tmp_path):
 # ---------------------------------------------------------------- real runs
 
 EVERYTHING = ["--batch-size", "8", "--auto-augment", "ta-wide", "--random-erase", "0.25", "--mixup-alpha", "0.2",
-              "--cutmix-alpha", "1.0", "--model-ema", "--ema-steps", "1", "--label-smoothing", "0.1",
-              "--accum-steps", "2", "--optimizer", "adamw", "--lr", "0.004", "--schedule", "cosine",
+              "--cutmix-alpha", "1.0", "--model-ema", "--ema-steps", "1", "--ema-decay", "0.999",
+              "--label-smoothing", "0.1", "--accum-steps", "2", "--optimizer", "adamw", "--lr", "0.004", "--schedule", "cosine",
               "--lr-min", "0.0004", "--warmup-epochs", "0.5", "--ra-reps", "2", "--clip-grad-norm", "5"]
 EXACT_KEYS = ("train_loss", "val_loss", "val_acc1", "val_acc5", "val_samples", "lr", "val_ema_acc1",
               "val_ema_acc5", "val_ema_loss")
@@ -311,6 +311,8 @@ def everything_run(imagefolder, tmp_path_factory):
                     "--run-dir", run_dir, *TINY, *EVERYTHING)
     assert_ok(proc)
     assert "global batch 32 (8 per process x 2 accumulated)" in proc.stdout
+    # --ema-decay 0.999, adjusted as torchvision does: 1 - (1 - 0.999) x global batch 32 x 1 step / 2 epochs
+    assert "EMA of the weights every 1 steps (decay 0.984 per update)" in proc.stdout, proc.stdout
     return run_dir
 
 

@@ -50,12 +50,14 @@ def test_two_node_job_completes_with_exact_validation(imagefolder, tmp_path):
                        "--run-dir", run_dir, "--time", "10:00", "--signal-seconds", "60", *TINY,
                        *WITH_WORKERS,  # a SLURM job's ranks with loader workers (a fork server each)
                        "--partition", "debug", "--account", "vision", "--qos", "normal", "--exclusive",
+                       "--mem", "1500M", "--sbatch-arg=--comment=two nodes, one world",
                        "--setup", "echo setup ran on $SLURM_JOB_NODELIST", "--setup", f"distrain index {imagefolder}")
     assert f"distrain status {run_dir}" in proc.stdout
     assert (run_dir / "job.sbatch").exists()
     shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "Partition=debug" in shown and "Account=vision" in shown and "QOS=normal" in shown, shown
     assert "OverSubscribe=NO" in shown, shown
+    assert "MinMemoryNode=1500M" in shown and "Comment=two nodes, one world" in shown, shown  # --mem, --sbatch-arg
     assert wait_job(job, timeout=300) == "COMPLETED", slurm_log(run_dir, job)
     assert "setup ran on n[1-2]" in slurm_log(run_dir, job)  # --setup: in the batch shell, before the launch
     assert f"index of {imagefolder}: 8 classes, train 96, val 29 images" in slurm_log(run_dir, job)  # as README's

@@ -156,8 +156,8 @@ SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd-%n.log
 SlurmdDebug=info
 SlurmctldDebug=info
-NodeName=n1 NodeAddr=127.0.0.1 NodeHostname=$HOST Port=${PORTS[0]} CPUs=2 State=UNKNOWN
-NodeName=n2 NodeAddr=127.0.0.1 NodeHostname=$HOST Port=${PORTS[1]} CPUs=2 State=UNKNOWN
+NodeName=n1 NodeAddr=127.0.0.1 NodeHostname=$HOST Port=${PORTS[0]} CPUs=2 RealMemory=2048 State=UNKNOWN
+NodeName=n2 NodeAddr=127.0.0.1 NodeHostname=$HOST Port=${PORTS[1]} CPUs=2 RealMemory=2048 State=UNKNOWN
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 EOF
   mkdir -p /etc/slurm
