@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import torchvision
 from conftest import TINY, TINY_ARCH, assert_ok, distrain, metrics
 from imagefolder import corrupt_file, make_imagefolder
 
@@ -111,13 +112,16 @@ def test_data_parallel_path_runs_on_cpu(imagefolder, tmp_path):
     run_dir = tmp_path / "dp"
     proc = distrain("launch", "--strategy", "dp", "--gpus", "0", "--data", imagefolder, "--epochs", "1",
                     "--steps-per-epoch", "2", "--run-dir", run_dir, *TINY, "--optimizer", "rmsprop",
-                    "--weight-decay", "0.003", "--log-interval", "0")
+                    "--weight-decay", "0.003", "--log-interval", "0", "--no-decay-norm-bias")
     assert_ok(proc)
     assert "strategy dp" in proc.stdout and "optimizer rmsprop" in proc.stdout
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     state = ckpt["optimizer"]["state"]  # RMSprop's own state, saved for the resume
     assert state and all("square_avg" in s for s in state.values()) and "alpha" in ckpt["optimizer"]["param_groups"][0]
-    assert {g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]} == {0.003}  # --weight-decay
+    # --weight-decay on the weights; --no-decay-norm-bias: none on the norm scales and biases (1-D)
+    shapes = [p.ndim for p in torchvision.models.get_model(TINY_ARCH, num_classes=8).parameters()]
+    decay = {g["weight_decay"]: len(g["params"]) for g in ckpt["optimizer"]["param_groups"]}
+    assert decay == {0.003: sum(n > 1 for n in shapes), 0.0: shapes.count(1)}, decay
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tb"))
