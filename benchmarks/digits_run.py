@@ -35,22 +35,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = ["--gpus", "0", "--arch", "resnet18", "--image-size", "32", "--epochs", "4", "--batch-size", "32",
            "--lr", "0.05", "--schedule", "cosine", "--seed", "0"]
-
-
-def run(data: Path, procs: int, work: Path) -> dict:
-    run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"p{procs}-"))
-    argv = [sys.executable, "-m", "launch", "launch", "--procs", str(procs), "--data", str(data), *COMMAND,
-            "--run-dir", str(run_dir), "--overwrite"]
-    start = time.monotonic()
-    proc = subprocess.run(argv, check=False, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wall = time.monotonic() - start
-    if proc.returncode != 0:
-        sys.exit(f"distrain launch failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"procs": procs, "wall_s": round(wall, 1), "best_acc1": max(r["val_acc1"] for r in rows),
-            "img_per_s": round(statistics.median(r["images_per_sec"] for r in rows), 1)}
-
-
 SWEEP = ["sweep", "--gpus", "0", "--procs", "2", "--arch", "resnet18", "--image-size", "32", "--epochs", "4",
          "--batch-size", "32", "--lr", "0.05,0.1", "--seed", "0,1"]
 RECIPE = ["launch", "--gpus", "0", "--procs", "2", "--arch", "resnet18", "--image-size", "32", "--epochs", "8",
@@ -76,6 +60,16 @@ def distrain(args: list[str], data: Path, *extra: str, wait=None) -> tuple[subpr
 def metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run(data: Path, procs: int, work: Path) -> dict:
+    run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"p{procs}-"))
+    proc, wall = distrain(["launch", "--procs", str(procs), *COMMAND], data, "--run-dir", str(run_dir), "--overwrite")
+    if proc.returncode != 0:
+        sys.exit(f"distrain launch failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+    rows = metrics(run_dir)
+    return {"procs": procs, "wall_s": round(wall, 1), "best_acc1": max(r["val_acc1"] for r in rows),
+            "img_per_s": round(statistics.median(r["images_per_sec"] for r in rows), 1)}
 
 
 def sweep(data: Path, work: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -83,20 +84,38 @@ def distrain(*args: str, cwd=None, timeout: float = 300, env: dict | None = None
     return proc
 
 
+@contextlib.contextmanager
+def small_tmpfs(mount: Path, size: str):
+    """A real filesystem of `size` (tmpfs) at `mount`, for a disk that fills; unmounted after. Needs root:
+    skipped without it, a failure in CI or as root."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        if os.environ.get("CI") or os.geteuid() == 0:
+            pytest.fail(f"mount -t tmpfs failed: {done.stderr.strip()}")
+        pytest.skip(f"needs root for a small tmpfs: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)])
+
+
 def start_distrain(*args, stdout=None, stderr=None, pipe_stdout: bool = False, new_session: bool = False,
-                   netns: str | None = None):
+                   netns: str | None = None, cwd=None, env: dict | None = None):
     """`distrain ARGS` started and not waited for, as subprocess.Popen starts it (and with what it returns:
     pid, poll, wait, send_signal, kill, stdout for pipe_stdout). stdout, stderr: open files; by default
-    stderr goes with stdout, and stdout to /dev/null; netns: run in that network namespace. Forked from the
-    warm server like distrain(), or a new interpreter with DISTRAIN_TEST_FRESH=1."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    stderr goes with stdout, and stdout to /dev/null; netns: run in that network namespace; cwd, env (over
+    the tests' environment) as for distrain(). Forked from the warm server like distrain(), or a new
+    interpreter with DISTRAIN_TEST_FRESH=1."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     argv = [*map(str, args)]
     if os.environ.get("DISTRAIN_TEST_FRESH"):
         return subprocess.Popen([*(["ip", "netns", "exec", netns] if netns else []), sys.executable, "-m", "launch",
-                                 *argv], env=env, text=True,
+                                 *argv], cwd=cwd, env=env, text=True,
                                 stdout=subprocess.PIPE if pipe_stdout else stdout or subprocess.DEVNULL,
                                 stderr=stderr or subprocess.STDOUT, start_new_session=new_session)
-    return warm_cli.Process(argv, None, env, stdout, stderr, pipe_stdout, new_session, netns)
+    return warm_cli.Process(argv, cwd, env, stdout, stderr, pipe_stdout, new_session, netns)
 
 
 def rank_pids(config) -> dict[int, int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import assert_ok, distrain
+from conftest import TINY, assert_ok, distrain
 
 from distrib import checkpoint
 from distrib.data.images import load_val
@@ -179,8 +179,6 @@ def test_predict_from_an_export_takes_gpus_and_procs_as_meant(exports, reference
 def test_an_export_folder_fine_tunes_through_launch(fmt, exports, reference, imagefolder, tmp_path):
     """The README's export -> fine-tune path: `launch --weights EXPORT_DIR --freeze-backbone`, one real rank
     reading the folder; the backbone it trains from is the exported one, bit for bit."""
-    from conftest import TINY
-
     run_dir = tmp_path / "tuned"
     proc = distrain("launch", "--gpus", "0", "--data", imagefolder, "--weights", exports[fmt], "--freeze-backbone",
                     "--epochs", "1", "--steps-per-epoch", "1", "--run-dir", run_dir, *TINY)

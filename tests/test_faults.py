@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, WITH_WORKERS, assert_ok, distrain, metrics, rank_pids, start_distrain
+from conftest import TINY, WITH_WORKERS, assert_ok, distrain, metrics, rank_pids, small_tmpfs, start_distrain
 
 VAL_IMAGES = 29
 
@@ -145,13 +145,8 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
 
 @pytest.fixture
 def small_filesystem(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
+    with small_tmpfs(tmp_path / "small", "2m") as mount:
+        yield mount
 
 
 def test_full_disk_while_saving(small_filesystem):

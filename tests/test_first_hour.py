@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY, WITH_WORKERS, assert_ok, distrain, metrics, one_line_error
+from conftest import TINY, WITH_WORKERS, assert_ok, distrain, metrics, one_line_error, small_tmpfs
 from imagefolder import make_imagefolder
 
 ONE_PROC = ["--gpus", "0", "--procs", "1", *TINY, *WITH_WORKERS]  # a user's run has loader workers
@@ -161,13 +161,7 @@ def test_version():
 def test_a_rank_failure_reaches_the_user_as_its_own_line(workdir, tmp_path):
     """What only a rank can find (here: the disk fills up when rank 0 saves its first checkpoint) is that
     rank's one line naming the rank and where its traceback is; torchrun's dump goes to RUN_DIR/logs/."""
-    import subprocess
-
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as small:
         run_dir = small / "run"
         proc = distrain("launch", "--data", "data", "--epochs", "1", "--run-dir", run_dir, "--gpus", "0",
                         "--procs", "2", *TINY, cwd=workdir)
@@ -178,5 +172,3 @@ def test_a_rank_failure_reaches_the_user_as_its_own_line(workdir, tmp_path):
         assert "traceback.rank0.txt" in failed[0] and (run_dir / "logs" / "traceback.rank0.txt").exists()
         status = distrain("status", run_dir, cwd=workdir)
         assert "failed" in status.stdout and "disk full" in status.stdout, status.all
-    finally:
-        subprocess.run(["umount", "-l", str(small)])

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import warm_cli
+from conftest import start_distrain
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -22,15 +22,15 @@ CUDA_ONLY = {"bench_compile", "bench_fp16"}
 
 
 def _forked_from_the_warm_server(argv, *, cwd, env, stdout, stderr, stdin=None, start_new_session=False):
-    """subprocess.Popen for gpu_check's steps: a `python -m launch ARGS` step becomes a command forked from the
-    tests' warm server (tests/warm_cli.py: launch.cli.main in its own session, with the step's folder,
+    """subprocess.Popen for gpu_check's steps: a `python -m launch ARGS` step is started by the tests'
+    start_distrain (forked from the warm server: launch.cli.main in its own session, with the step's folder,
     environment and output files), not a new interpreter importing torch again (~5 CPU-s a step). The Python
-    probe (`-c`) starts as before; so does every step with DISTRAIN_TEST_FRESH=1. Starting real processes,
-    timing them out and ending their trees is proven by the next-but-one test, with real interpreters."""
-    if argv[1:3] != ["-m", "launch"] or os.environ.get("DISTRAIN_TEST_FRESH"):
+    probe (`-c`) starts as before. Starting real processes, timing them out and ending their trees is proven
+    by the next-but-one test, with real interpreters."""
+    if argv[1:3] != ["-m", "launch"]:
         return subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=stdin,
                                 start_new_session=start_new_session)
-    return warm_cli.Process(argv[3:], cwd, env, stdout, stderr, new_session=start_new_session)
+    return start_distrain(*argv[3:], cwd=cwd, env=env, stdout=stdout, stderr=stderr, new_session=start_new_session)
 
 
 def test_the_whole_check_passes_on_the_cpu(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, assert_ok, distrain
+from conftest import TINY, assert_ok, distrain, small_tmpfs
 from imagefolder import make_imagefolder
 
 from distrib.config import RunConfig
@@ -108,16 +108,8 @@ def test_interrupted_pack_completes_without_duplicates(folder, tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 200 KiB filesystem (tmpfs): a pack of the test folder fills it part of the way through."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        if os.environ.get("CI") or os.geteuid() == 0:
-            pytest.fail(f"mount -t tmpfs failed: {done.stderr.strip()}")
-        pytest.skip(f"needs root for a small tmpfs: {done.stderr.strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)])
+    with small_tmpfs(tmp_path / "disk", "200k") as disk:
+        yield disk
 
 
 def test_a_pack_stopped_by_a_full_disk_resumes_with_the_same_command(folder, small_disk):

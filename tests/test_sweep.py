@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, assert_ok, distrain, metrics, one_line_error
-from slurm_cluster import cluster_available, release_if_pending
+from slurm_cluster import cluster_available, release_if_pending, wait_job
 from test_tensorboard import post_json, served
 
 from slurm.submit import job_state, max_array_size
@@ -237,11 +237,9 @@ def test_a_slurm_sweep_is_one_array_preempted_tasks_resume_and_a_failed_point_re
     point = sweep / "lr0.2-seed1"
     job = subprocess.run(["sbatch", "--parsable", str(point / "job.sbatch")], cwd="/", capture_output=True,
                          text=True, check=True).stdout.strip().split(";")[0]
-    deadline = time.monotonic() + 300
-    while job_state(job) not in ("COMPLETED", "FAILED", "CANCELLED") and time.monotonic() < deadline:
-        time.sleep(0.5)
+    state = wait_job(job, timeout=300)
     log = (point / "logs" / f"slurm-{job}.out").read_text()
-    assert job_state(job) == "COMPLETED", log
+    assert state == "COMPLETED", log
     assert [r["epoch"] for r in metrics(point)] == [0, 1, 2, 3]
     assert "resumed from" in log, log
     # every point complete: the same command starts nothing more

@@ -64,22 +64,19 @@ def _write_shard(job) -> int:
 
     source, folder, name, start, stop = job
     final, tmp = os.path.join(folder, name), os.path.join(folder, name + ".tmp")
+    writer = None
     try:
         with open(tmp, "wb") as f:
             writer = webdataset.TarWriter(f)
-            try:
-                for i in range(start, stop):
-                    path = source.path(i)
-                    with open(path, "rb") as image:
-                        writer.write({"__key__": member_key(i), image_ext(path): image.read(),
-                                      "cls": int(source.labels[i])})
-                writer.close()
-            except OSError:
-                writer.tarstream.fileobj.closed = True  # its buffer is dropped, not written again at exit
-                raise
-    except OSError as e:  # a full disk: the half-written file would hold the very space that ran out
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+            for i in range(start, stop):
+                path = source.path(i)
+                with open(path, "rb") as image:
+                    writer.write({"__key__": member_key(i), image_ext(path): image.read(),
+                                  "cls": int(source.labels[i])})
+            writer.close()
+    except OSError as e:  # a full disk: named by its shard (pack() removes the unfinished .tmp files)
+        if writer is not None:
+            writer.tarstream.fileobj.closed = True  # its buffer is dropped, not written into the closed file at exit
         raise OSError(e.errno, e.strerror, e.filename or tmp) from None
     # TarWriter does not report where it put each member; the tar headers do.
     with tarfile.open(tmp) as tar:
