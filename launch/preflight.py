@@ -18,7 +18,7 @@ from distrib.data.layout import count_images, split_dir
 from distrib.paths import RunPaths
 from distrib.runtime.env import cpu_cores
 from distrib.words import counted, position_words
-from launch import console, network, topology
+from launch import console, network, run_dir, topology
 
 MIN_FREE_BYTES = 2 * 1024**3  # room for last.pt + best.pt of a large model, with headroom
 
@@ -128,6 +128,20 @@ def check_start_weights(cfg: RunConfig, here: bool) -> Check | None:
         except ConfigError as e:
             return Check("pretrained", False, str(e), warning=not here)  # a dry run may be for another machine
     return None
+
+
+def check_not_in_use(cfg: RunConfig, plan: topology.Plan | None) -> Check | None:
+    """Two launches training one run dir overwrite each other's checkpoints and metrics: a single-node launch
+    is refused while this machine's launcher of that run dir is alive. (The nodes of a multi-node run, and a
+    SLURM job's steps and requeued attempts, launch one run dir together: not checked there.)"""
+    if plan is None or plan.max_nodes != 1 or os.environ.get("SLURM_JOB_ID"):
+        return None
+    record = run_dir.outcome(RunPaths(cfg.run_dir)) or {}
+    if record.get("state") != "running" or record.get("pid") == os.getpid() or not run_dir.launcher_alive(record):
+        return None
+    return Check("run dir", False, f"run dir {cfg.run_dir} is being trained right now by another launch (pid "
+                 f"{record['pid']} on this machine); stop it first (Ctrl-C there, or touch {cfg.run_dir}/STOP) and "
+                 "this command resumes it, or pass another --run-dir")
 
 
 def check_run_dir(cfg: RunConfig) -> Check:

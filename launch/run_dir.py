@@ -58,6 +58,18 @@ def write_outcome(paths: RunPaths, state: str, **extra) -> None:
     write_atomic(paths.outcome, record, as_json=True)
 
 
+def launcher_alive(record: dict) -> bool | None:
+    """Whether the launcher that wrote outcome.json is still running: True or False on its own machine, None
+    (cannot tell) from another one."""
+    if record.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(record.get("pid", 0)), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def holds_run(paths: RunPaths) -> bool:
     return (os.path.exists(paths.last) or os.path.exists(paths.best) or bool(metrics_rows(paths)))
 

@@ -36,6 +36,8 @@ def launch(cfg: RunConfig, typed: list[str], dry_run: bool, out, warn) -> int:
             return say_complete(cfg, out)
     # A dry run is often prepared for another machine: what it cannot see from here is only a warning.
     problems = preflight.cheap_checks(cfg, plan, here=not dry_run)
+    in_use = None if dry_run else preflight.check_not_in_use(cfg, plan)  # a sweep's points: sweep.point_state
+    problems += [in_use] if in_use else []
     fatal = [p for p in problems if not p.warning]
     if fatal and not dry_run:
         raise ConfigError(fatal[0].message)

@@ -117,22 +117,10 @@ def state(run_dir: Path) -> tuple[str, str]:
         return word, f"SLURM job {job_id}: {slurm_state}"
     outcome = rd.outcome(paths) or {}
     word = outcome.get("state", "not started" if not where else "stopped")
-    if word == "running" and not _alive(outcome):
+    if word == "running" and rd.launcher_alive(outcome) is False:  # another machine's: assume it runs
         word = "failed"
         return word, "its launcher is gone without saying how it ended (killed, or the machine went down)"
     return word, f"launched with {launch.get('mode', '?')} on {launch.get('host', '?')}"
-
-
-def _alive(outcome: dict) -> bool:
-    import socket
-
-    if outcome.get("host") != socket.gethostname():
-        return True  # another machine's launcher: we cannot tell, assume it runs
-    try:
-        os.kill(int(outcome.get("pid", 0)), 0)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _configured_epochs(paths: RunPaths) -> int | None:

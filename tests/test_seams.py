@@ -132,6 +132,11 @@ def test_ctrl_c_twice_stops_at_once_as_a_stop_and_the_same_command_resumes(downl
     deadline = time.monotonic() + 240
     while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.5)  # at least one whole checkpoint, then Ctrl-C twice, as people press it
+    # meanwhile, the same command (in another terminal), and with --overwrite: refused, nothing touched
+    for extra in ([], ["--overwrite"]):
+        second = distrain(*args[3:], *extra)
+        assert second.returncode == 2 and "is being trained right now by another launch" in second.stderr, second.all
+        assert f"(pid {proc.pid} on this machine)" in second.stderr and (run_dir / "checkpoints" / "last.pt").exists()
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)
